@@ -1,0 +1,178 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/litefs-project/litefs/replica"
+)
+
+// DefaultHTTPAddr is the API address, as LiteFS has it.
+const DefaultHTTPAddr = ":20202"
+
+// Config is the litefs.yml file. Keys follow LiteFS's.
+type Config struct {
+	Exec        ExecConfig  `yaml:"exec"`
+	ExitOnError bool        `yaml:"exit-on-error"`
+	Data        DataConfig  `yaml:"data"`
+	FUSE        FUSEConfig  `yaml:"fuse"`
+	HTTP        HTTPConfig  `yaml:"http"`
+	Lease       LeaseConfig `yaml:"lease"`
+	Log         LogConfig   `yaml:"log"`
+}
+
+// DataConfig is the data directory: databases and their LTX files.
+type DataConfig struct {
+	Dir       string        `yaml:"dir"`
+	Retention time.Duration `yaml:"retention"`
+}
+
+// FUSEConfig is the mount.
+type FUSEConfig struct {
+	Dir        string `yaml:"dir"`
+	AllowOther bool   `yaml:"allow-other"`
+	Debug      bool   `yaml:"debug"`
+}
+
+// HTTPConfig is the node's API server.
+type HTTPConfig struct {
+	Addr string `yaml:"addr"`
+}
+
+// LeaseConfig decides the primary.
+type LeaseConfig struct {
+	Type         string `yaml:"type"`
+	Candidate    bool   `yaml:"candidate"`
+	Hostname     string `yaml:"hostname"`
+	AdvertiseURL string `yaml:"advertise-url"`
+}
+
+// LogConfig is the log output.
+type LogConfig struct {
+	Format string `yaml:"format"`
+	Debug  bool   `yaml:"debug"`
+}
+
+// ExecConfig is the command started once the mount is ready. The YAML may
+// be a string (run through sh -c) or a list of {cmd: "..."} entries, run in
+// order, the last one kept running.
+type ExecConfig []ExecCmd
+
+// ExecCmd is one command.
+type ExecCmd struct {
+	Cmd string `yaml:"cmd"`
+}
+
+// UnmarshalYAML accepts a string or a list of commands.
+func (e *ExecConfig) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		var s string
+		if err := n.Decode(&s); err != nil {
+			return err
+		}
+		*e = ExecConfig{{Cmd: s}}
+		return nil
+	}
+	var a []ExecCmd
+	if err := n.Decode(&a); err != nil {
+		return err
+	}
+	*e = a
+	return nil
+}
+
+// NewConfig returns a config with defaults.
+func NewConfig() Config {
+	host, _ := os.Hostname()
+	return Config{
+		Data:  DataConfig{Retention: replica.DefaultRetention},
+		HTTP:  HTTPConfig{Addr: DefaultHTTPAddr},
+		Lease: LeaseConfig{Type: "static", Candidate: true, Hostname: host},
+		Log:   LogConfig{Format: "text"},
+	}
+}
+
+// ReadConfigFile reads path into a config with defaults, expanding ${VAR}
+// references from the environment. Unknown keys are errors.
+func ReadConfigFile(path string) (Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, err
+	}
+	return ParseConfig(b)
+}
+
+// ParseConfig parses YAML into a config with defaults.
+func ParseConfig(b []byte) (Config, error) {
+	c := NewConfig()
+	b = []byte(os.ExpandEnv(string(b)))
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, fmt.Errorf("parse config: %w", err)
+	}
+	return c, nil
+}
+
+// Validate checks the config, naming the key at fault.
+func (c *Config) Validate() error {
+	if c.FUSE.Dir == "" {
+		return errors.New("fuse.dir: required (the directory to mount the databases at)")
+	}
+	if c.Data.Dir == "" {
+		return errors.New("data.dir: required (the directory that holds the databases and their LTX files)")
+	}
+	fuseDir, err := filepath.Abs(c.FUSE.Dir)
+	if err != nil {
+		return fmt.Errorf("fuse.dir: %w", err)
+	}
+	dataDir, err := filepath.Abs(c.Data.Dir)
+	if err != nil {
+		return fmt.Errorf("data.dir: %w", err)
+	}
+	c.FUSE.Dir, c.Data.Dir = fuseDir, dataDir
+	if within(fuseDir, dataDir) {
+		return fmt.Errorf("fuse.dir: %s must not be data.dir or inside it (%s)", fuseDir, dataDir)
+	}
+	if within(dataDir, fuseDir) {
+		return fmt.Errorf("data.dir: %s must not be inside fuse.dir (%s)", dataDir, fuseDir)
+	}
+	if c.Data.Retention <= 0 {
+		return fmt.Errorf("data.retention: must be positive, got %s", c.Data.Retention)
+	}
+	switch c.Lease.Type {
+	case "static":
+	case "consul":
+		return errors.New("lease.type: consul is not supported by this build yet; use static")
+	default:
+		return fmt.Errorf("lease.type: must be static or consul, got %q", c.Lease.Type)
+	}
+	if !c.Lease.Candidate && c.Lease.AdvertiseURL == "" {
+		return errors.New("lease.advertise-url: required on a node that is not a candidate (the primary's API URL)")
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		return fmt.Errorf("log.format: must be text or json, got %q", c.Log.Format)
+	}
+	for i, e := range c.Exec {
+		if strings.TrimSpace(e.Cmd) == "" {
+			return fmt.Errorf("exec[%d].cmd: empty command", i)
+		}
+	}
+	return nil
+}
+
+// within reports whether path is dir or inside it.
+func within(path, dir string) bool {
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && (rel == "." || (rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))))
+}

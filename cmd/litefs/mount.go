@@ -1,0 +1,193 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"syscall"
+
+	"github.com/litefs-project/litefs/fuse"
+	"github.com/litefs-project/litefs/lease"
+	"github.com/litefs-project/litefs/replica"
+)
+
+// MountCommand is `litefs mount`.
+type MountCommand struct {
+	ConfigPath string
+	Config     Config
+	// Signals delivers SIGINT/SIGTERM; nil means none.
+	Signals <-chan os.Signal
+	// Stderr receives logs; defaults to os.Stderr.
+	Stderr io.Writer
+
+	Logger *slog.Logger
+	Store  *replica.Store
+	FS     *fuse.FS
+	Leaser lease.Leaser
+}
+
+// NewMountCommand returns a mount command with defaults.
+func NewMountCommand() *MountCommand {
+	return &MountCommand{Config: NewConfig(), Stderr: os.Stderr}
+}
+
+// ParseFlags reads the flags and the config file.
+func (c *MountCommand) ParseFlags(args []string) error {
+	fs := flag.NewFlagSet("litefs-mount", flag.ContinueOnError)
+	fs.StringVar(&c.ConfigPath, "config", "", "config file path")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	path := c.ConfigPath
+	if path == "" {
+		for _, p := range []string{"litefs.yml", "/etc/litefs.yml"} {
+			if _, err := os.Stat(p); err == nil {
+				path = p
+				break
+			}
+		}
+		if path == "" {
+			return errors.New("no config file: pass -config PATH, or put litefs.yml in the current directory or /etc")
+		}
+	}
+	cfg, err := ReadConfigFile(path)
+	if err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	c.ConfigPath, c.Config = path, cfg
+	return nil
+}
+
+func (c *MountCommand) newLogger() *slog.Logger {
+	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
+	if c.Config.Log.Debug {
+		opts.Level = slog.LevelDebug
+	}
+	if c.Config.Log.Format == "json" {
+		return slog.New(slog.NewJSONHandler(c.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(c.Stderr, opts))
+}
+
+// Run opens the store, mounts it, starts the exec'd command if any, and
+// waits for a signal, the command's exit, or ctx.
+func (c *MountCommand) Run(ctx context.Context) error {
+	c.Logger = c.newLogger().With(slog.String(replica.LogKeyNode, c.Config.Lease.Hostname))
+	c.Leaser = &lease.Static{
+		Candidate:    c.Config.Lease.Candidate,
+		Hostname:     c.Config.Lease.Hostname,
+		AdvertiseURL: c.Config.Lease.AdvertiseURL,
+	}
+	if _, err := c.Leaser.Acquire(ctx); errors.Is(err, lease.ErrNotCandidate) {
+		return errors.New("lease.candidate: false makes this node a replica, and replication is not in this build yet; set lease.candidate: true")
+	} else if err != nil {
+		return fmt.Errorf("acquire lease: %w", err)
+	}
+
+	c.Store = replica.NewStore(c.Config.Data.Dir)
+	c.Store.Retention = c.Config.Data.Retention
+	c.Store.Logger = c.Logger
+	if err := c.Store.Open(); err != nil {
+		return fmt.Errorf("open data directory %s: %w%s", c.Config.Data.Dir, err, remedy(err))
+	}
+
+	c.FS = fuse.NewFS(c.Config.FUSE.Dir, c.Store)
+	c.FS.AllowOther = c.Config.FUSE.AllowOther
+	c.FS.Logger = c.Logger
+	if err := c.FS.Mount(); err != nil {
+		return err
+	}
+	c.Logger.Info("mounted; this node is the primary (static lease)",
+		slog.String("fuse.dir", c.Config.FUSE.Dir), slog.String("data.dir", c.Config.Data.Dir))
+
+	if len(c.Config.Exec) == 0 {
+		select {
+		case <-ctx.Done():
+		case sig := <-c.Signals:
+			c.Logger.Info("signal received; unmounting", slog.String("signal", sig.String()))
+		}
+		return nil
+	}
+	return c.runExec(ctx)
+}
+
+// remedy says what an operator can do about a store that will not open.
+func remedy(err error) string {
+	if errors.Is(err, replica.ErrChecksumMismatch) {
+		return "\nthe database file does not match its transaction log; nothing was changed. " +
+			"Move the database's directory out of data.dir/dbs to keep it aside, then restart and restore it with `litefs import`"
+	}
+	if errors.Is(err, replica.ErrCorruptLTX) {
+		return "\nan LTX file is damaged; nothing was changed. Move the named file (or the database's directory) " +
+			"out of the data directory and restart, then restore the database with `litefs import` if needed"
+	}
+	return ""
+}
+
+// runExec runs the configured commands in order; the last keeps running
+// and receives forwarded signals. Its exit ends litefs with its code.
+func (c *MountCommand) runExec(ctx context.Context) error {
+	for i, e := range c.Config.Exec {
+		cmd := exec.CommandContext(ctx, "sh", "-c", e.Cmd)
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+		c.Logger.Info("starting exec command", slog.String("cmd", e.Cmd))
+		if err := cmd.Start(); err != nil {
+			return fmt.Errorf("exec %q: %w", e.Cmd, err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		var err error
+	wait:
+		for {
+			select {
+			case sig := <-c.Signals:
+				c.Logger.Info("forwarding signal to exec command", slog.String("signal", sig.String()))
+				_ = cmd.Process.Signal(sig)
+			case err = <-done:
+				break wait
+			}
+		}
+		var exitErr *exec.ExitError
+		if errors.As(err, &exitErr) {
+			code := exitErr.ExitCode()
+			if ws, ok := exitErr.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+				code = 128 + int(ws.Signal())
+			}
+			c.Logger.Info("exec command exited; unmounting", slog.String("cmd", e.Cmd), slog.Int("code", code))
+			return &ExitError{Code: code}
+		} else if err != nil {
+			return fmt.Errorf("exec %q: %w", e.Cmd, err)
+		}
+		if i == len(c.Config.Exec)-1 {
+			c.Logger.Info("exec command exited; unmounting", slog.String("cmd", e.Cmd), slog.Int("code", 0))
+		}
+	}
+	return nil
+}
+
+// Close unmounts and closes the store. Safe to call twice.
+func (c *MountCommand) Close() error {
+	var first error
+	if c.FS != nil {
+		if err := c.FS.Unmount(); err != nil {
+			first = fmt.Errorf("unmount %s: %w", c.Config.FUSE.Dir, err)
+		}
+	}
+	if c.Store != nil {
+		if err := c.Store.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}

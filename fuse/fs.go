@@ -1,0 +1,230 @@
+// Package fuse serves a replica.Store as a FUSE filesystem: a flat
+// directory of SQLite databases, their journals, and a read-only <db>-pos
+// file each. Database reads come from the kernel's page cache; writes pass
+// through to replica.DB, which turns each commit into an LTX file.
+//
+// The filesystem takes no lock requests, so the kernel handles SQLite's
+// POSIX locks itself: locking costs no round trip, locks work across
+// processes, and the node can take a database's locks through its own mount
+// (see LockDB).
+package fuse
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"bazil.org/fuse"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/litefs-project/litefs/replica"
+)
+
+// DefaultCacheTTL is how long the kernel may cache names and attributes.
+// All changes pass through the mount, which keeps the kernel's view right;
+// anything changed underneath is invalidated explicitly.
+const DefaultCacheTTL = time.Hour
+
+// FS is the filesystem over one store, mounted at Path.
+type FS struct {
+	// Path is the mount point.
+	Path string
+	// Store holds the databases served.
+	Store *replica.Store
+	// AllowOther lets users other than the mounting user use the mount.
+	AllowOther bool
+	// CacheTTL is how long the kernel caches names and attributes.
+	CacheTTL time.Duration
+	// Logger receives the filesystem's logs.
+	Logger *slog.Logger
+
+	conn    *fuse.Conn
+	started time.Time
+
+	mu       sync.Mutex
+	nextNode fuse.NodeID
+	nodes    map[fuse.NodeID]*node
+	names    map[string]*node // the live node of each name
+	nextFH   fuse.HandleID
+	handles  map[fuse.HandleID]*handle
+	dirtyDir map[string]struct{} // directories with entries not yet synced
+
+	g errgroup.Group
+}
+
+// NewFS returns a filesystem over store to be mounted at path.
+func NewFS(path string, store *replica.Store) *FS {
+	return &FS{
+		Path:     path,
+		Store:    store,
+		CacheTTL: DefaultCacheTTL,
+		Logger:   slog.Default(),
+		nextNode: fuse.RootID + 1,
+		nodes:    make(map[fuse.NodeID]*node),
+		names:    make(map[string]*node),
+		nextFH:   1,
+		handles:  make(map[fuse.HandleID]*handle),
+		dirtyDir: make(map[string]struct{}),
+	}
+}
+
+// kind is what a name in the mount refers to.
+type kind int
+
+const (
+	kindDB kind = iota
+	kindJournal
+	kindWAL
+	kindSHM
+	kindPos
+)
+
+// suffixes maps name endings to the companion file kinds.
+var suffixes = []struct {
+	suffix string
+	kind   kind
+}{
+	{"-journal", kindJournal},
+	{"-wal", kindWAL},
+	{"-shm", kindSHM},
+	{"-pos", kindPos},
+}
+
+// parseName splits a name in the mount into a database name and a kind.
+func parseName(name string) (string, kind) {
+	for _, s := range suffixes {
+		if base, ok := strings.CutSuffix(name, s.suffix); ok {
+			return base, s.kind
+		}
+	}
+	return name, kindDB
+}
+
+// node is one incarnation of a name: a recreated journal gets a new node so
+// the kernel never mixes its cache with the old file's.
+type node struct {
+	id      fuse.NodeID
+	name    string
+	kind    kind
+	db      *replica.DB
+	nlookup uint64 // kernel references; the node is dropped at zero once unlinked
+	gone    bool   // unlinked
+}
+
+// realPath returns the file in the data directory behind a companion file.
+func (n *node) realPath() string {
+	switch n.kind {
+	case kindJournal:
+		return n.db.JournalPath()
+	case kindWAL:
+		return n.db.WALPath()
+	case kindSHM:
+		return n.db.SHMPath()
+	default:
+		return n.db.Path()
+	}
+}
+
+// handle is an open file or directory.
+type handle struct {
+	node *node
+	f    *os.File // companion files only
+	dir  []byte   // directory listing, fixed at open
+}
+
+// Mount mounts the filesystem and serves it in the background. A stale
+// mount left at Path by a crashed process is cleaned first.
+func (fs *FS) Mount() error {
+	if err := cleanStaleMount(fs.Path, fs.Logger); err != nil {
+		return err
+	}
+	opts := []fuse.MountOption{fuse.FSName("litefs"), fuse.Subtype("litefs"), fuse.AsyncRead()}
+	if fs.AllowOther {
+		opts = append(opts, fuse.AllowOther())
+	}
+	conn, err := fuse.Mount(fs.Path, opts...)
+	if err != nil {
+		return fmt.Errorf("mount %s: %w", fs.Path, err)
+	}
+	fs.conn, fs.started = conn, time.Now()
+	fs.g.Go(fs.serve)
+	return nil
+}
+
+// Unmount unmounts the filesystem and waits for the server to stop.
+// Safe to call twice.
+func (fs *FS) Unmount() error {
+	if fs.conn == nil {
+		return nil
+	}
+	var err error
+	for i := 0; i < 50; i++ {
+		if err = fuse.Unmount(fs.Path); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // busy: a process is still in the mount
+	}
+	detached := false
+	if err != nil {
+		fs.Logger.Warn("mount busy (a process has a file or its working directory in it); detaching it lazily",
+			slog.String("path", fs.Path), slog.Any("err", err))
+		err = syscall.Unmount(fs.Path, syscall.MNT_DETACH)
+		detached = err == nil
+	}
+	done := make(chan error, 1)
+	go func() { done <- fs.g.Wait() }()
+	select {
+	case werr := <-done:
+		if err == nil {
+			err = werr
+		}
+	case <-time.After(5 * time.Second):
+		// A lazily detached mount is served until its last user leaves;
+		// stop serving: those users get ENOTCONN.
+		if !detached {
+			fs.Logger.Warn("fuse server did not stop after unmount", slog.String("path", fs.Path))
+		}
+	}
+	if cerr := fs.conn.Close(); err == nil {
+		err = cerr
+	}
+	fs.conn = nil
+	return err
+}
+
+func (fs *FS) serve() error {
+	for {
+		req, err := fs.conn.ReadRequest()
+		if errors.Is(err, io.EOF) {
+			return nil
+		} else if err != nil {
+			return fmt.Errorf("read fuse request: %w", err)
+		}
+		go fs.handle(req)
+	}
+}
+
+// cleanStaleMount unmounts a mount at path whose server is gone (the kernel
+// answers ENOTCONN) and creates path if it does not exist.
+func cleanStaleMount(path string, logger *slog.Logger) error {
+	_, err := os.Stat(path)
+	if errors.Is(err, syscall.ENOTCONN) || errors.Is(err, syscall.ECONNABORTED) {
+		logger.Warn("found a stale mount left by a crashed process; unmounting it", slog.String("path", path))
+		if err := syscall.Unmount(path, syscall.MNT_DETACH); err != nil {
+			if err2 := fuse.Unmount(path); err2 != nil {
+				return fmt.Errorf("unmount stale mount %s: %w (run: fusermount3 -uz %s)", path, err, path)
+			}
+		}
+		_, err = os.Stat(path)
+	}
+	if os.IsNotExist(err) {
+		return os.MkdirAll(path, 0o755)
+	}
+	return err
+}

@@ -1,0 +1,651 @@
+package fuse
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"bazil.org/fuse"
+	"bazil.org/fuse/fuseutil"
+	"golang.org/x/sys/unix"
+
+	"github.com/litefs-project/litefs/replica"
+)
+
+// handle serves one request.
+func (fs *FS) handle(req fuse.Request) {
+	switch r := req.(type) {
+	case *fuse.LookupRequest:
+		fs.lookup(r)
+	case *fuse.GetattrRequest:
+		fs.getattr(r)
+	case *fuse.SetattrRequest:
+		fs.setattr(r)
+	case *fuse.OpenRequest:
+		fs.open(r)
+	case *fuse.CreateRequest:
+		fs.create(r)
+	case *fuse.ReadRequest:
+		fs.read(r)
+	case *fuse.WriteRequest:
+		fs.write(r)
+	case *fuse.FlushRequest:
+		r.Respond()
+	case *fuse.ReleaseRequest:
+		fs.release(r)
+	case *fuse.FsyncRequest:
+		fs.fsync(r)
+	case *fuse.RemoveRequest:
+		fs.remove(r)
+	case *fuse.ForgetRequest:
+		fs.forget(r.Node, r.N)
+		r.Respond()
+	case *fuse.BatchForgetRequest:
+		for _, item := range r.Forget {
+			fs.forget(item.NodeID, item.N)
+		}
+		r.Respond()
+	case *fuse.StatfsRequest:
+		fs.statfs(r)
+	case *fuse.MkdirRequest:
+		fs.unsupported(r, "subdirectories are not supported: keep databases at the top of the mount")
+	case *fuse.RenameRequest:
+		fs.unsupported(r, "renaming is not supported: to restore or move a database use `litefs import`")
+	case *fuse.LinkRequest:
+		fs.unsupported(r, "hard links are not supported")
+	case *fuse.SymlinkRequest:
+		fs.unsupported(r, "symbolic links are not supported")
+	case *fuse.MknodRequest:
+		fs.unsupported(r, "special files are not supported")
+	case *fuse.InterruptRequest:
+		r.Respond()
+	case *fuse.DestroyRequest:
+		r.Respond()
+	default:
+		// Access, xattrs, poll, fallocate: ENOSYS tells the kernel not to ask
+		// again (for access and xattrs), so these cost at most one round trip.
+		req.RespondError(fuse.ENOSYS)
+	}
+}
+
+func (fs *FS) unsupported(req fuse.Request, what string) {
+	fs.Logger.Warn(what, slog.String("op", req.String()))
+	req.RespondError(fuse.Errno(syscall.EPERM))
+}
+
+// errno turns an error from the store into the errno a caller sees, and
+// logs what the caller should know.
+func (fs *FS) errno(op string, n *node, err error) error {
+	var errno syscall.Errno
+	switch {
+	case errors.As(err, &errno):
+		return fuse.Errno(errno)
+	case errors.Is(err, os.ErrNotExist), errors.Is(err, replica.ErrDatabaseNotFound):
+		return fuse.ENOENT
+	case errors.Is(err, replica.ErrDatabaseExists):
+		return fuse.EEXIST
+	case errors.Is(err, replica.ErrInvalidName):
+		fs.Logger.Warn(op+": "+err.Error()+"; database names may not start with '.' or end in -journal, -wal, -shm or -pos")
+		return fuse.Errno(syscall.EINVAL)
+	case errors.Is(err, replica.ErrNotPageWrite):
+		fs.Logger.Warn(op+" refused: "+err.Error()+
+			"; only SQLite may write database files in the mount: to load an existing database file use `litefs import`",
+			slog.String(replica.LogKeyDB, n.db.Name()))
+		return fuse.Errno(syscall.EINVAL)
+	default:
+		attrs := []any{slog.Any(replica.LogKeyError, err)}
+		if n != nil && n.db != nil {
+			attrs = append(attrs, slog.String(replica.LogKeyDB, n.db.Name()))
+		}
+		fs.Logger.Error(op+" failed", attrs...)
+		return fuse.EIO
+	}
+}
+
+// resolve returns the live node for name, creating it if the name exists.
+// fs.mu must be held.
+func (fs *FS) resolve(name string) *node {
+	if n := fs.names[name]; n != nil {
+		return n
+	}
+	base, k := parseName(name)
+	db := fs.Store.DB(base)
+	if db == nil {
+		return nil
+	}
+	n := &node{name: name, kind: k, db: db}
+	if k == kindJournal || k == kindWAL || k == kindSHM {
+		if _, err := os.Lstat(n.realPath()); err != nil {
+			return nil
+		}
+	}
+	fs.addNode(n)
+	return n
+}
+
+// addNode registers a new node as the live node of its name. fs.mu held.
+func (fs *FS) addNode(n *node) {
+	n.id = fs.nextNode
+	fs.nextNode++
+	fs.nodes[n.id] = n
+	fs.names[n.name] = n
+}
+
+// unlink marks the live node of name gone. fs.mu held.
+func (fs *FS) unlink(name string) {
+	if n := fs.names[name]; n != nil {
+		n.gone = true
+		delete(fs.names, name)
+		if n.nlookup == 0 {
+			delete(fs.nodes, n.id)
+		}
+	}
+}
+
+func (fs *FS) forget(id fuse.NodeID, count uint64) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	n := fs.nodes[id]
+	if n == nil {
+		return
+	}
+	if count >= n.nlookup {
+		n.nlookup = 0
+	} else {
+		n.nlookup -= count
+	}
+	if n.nlookup == 0 && n.gone {
+		delete(fs.nodes, id)
+	}
+}
+
+func (fs *FS) node(id fuse.NodeID) *node {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	return fs.nodes[id]
+}
+
+// attr returns the attributes of n.
+func (fs *FS) attr(n *node) (fuse.Attr, error) {
+	a := fuse.Attr{Inode: uint64(n.id), Nlink: 1, Mode: 0o644, Valid: fs.CacheTTL, BlockSize: 4096}
+	switch n.kind {
+	case kindPos:
+		a.Mode, a.Size, a.Valid = 0o444, uint64(len(posContent(n.db))), 0
+		a.Mtime = time.Now()
+		return a, nil
+	}
+	fi, err := os.Stat(n.realPath())
+	if err != nil {
+		return a, err
+	}
+	a.Size = uint64(fi.Size())
+	a.Blocks = (a.Size + 511) / 512
+	a.Mtime, a.Ctime, a.Atime = fi.ModTime(), fi.ModTime(), fi.ModTime()
+	return a, nil
+}
+
+func (fs *FS) rootAttr() fuse.Attr {
+	return fuse.Attr{Inode: uint64(fuse.RootID), Mode: os.ModeDir | 0o755, Nlink: 2, Valid: fs.CacheTTL,
+		Mtime: fs.started, Ctime: fs.started, Atime: fs.started}
+}
+
+func posContent(db *replica.DB) string { return db.Pos().String() + "\n" }
+
+func (fs *FS) lookup(r *fuse.LookupRequest) {
+	if r.Node != fuse.RootID {
+		r.RespondError(fuse.ENOENT)
+		return
+	}
+	fs.mu.Lock()
+	n := fs.resolve(r.Name)
+	if n == nil {
+		fs.mu.Unlock()
+		// A cached negative entry: SQLite's check for a hot journal before
+		// every read transaction then costs no round trip.
+		r.Respond(&fuse.LookupResponse{EntryValid: fs.CacheTTL})
+		return
+	}
+	n.nlookup++
+	fs.mu.Unlock()
+	a, err := fs.attr(n)
+	if err != nil {
+		r.RespondError(fs.errno("lookup", n, err))
+		return
+	}
+	valid := fs.CacheTTL
+	if n.kind == kindPos {
+		valid = 0
+	}
+	r.Respond(&fuse.LookupResponse{Node: n.id, EntryValid: valid, Attr: a})
+}
+
+func (fs *FS) getattr(r *fuse.GetattrRequest) {
+	if r.Node == fuse.RootID {
+		r.Respond(&fuse.GetattrResponse{Attr: fs.rootAttr()})
+		return
+	}
+	n := fs.node(r.Node)
+	if n == nil {
+		r.RespondError(fuse.ENOENT)
+		return
+	}
+	a, err := fs.attr(n)
+	if err != nil {
+		r.RespondError(fs.errno("getattr", n, err))
+		return
+	}
+	r.Respond(&fuse.GetattrResponse{Attr: a})
+}
+
+func (fs *FS) setattr(r *fuse.SetattrRequest) {
+	if r.Node == fuse.RootID {
+		r.Respond(&fuse.SetattrResponse{Attr: fs.rootAttr()})
+		return
+	}
+	n := fs.node(r.Node)
+	if n == nil {
+		r.RespondError(fuse.ENOENT)
+		return
+	}
+	if r.Valid.Size() {
+		if err := fs.truncate(n, int64(r.Size)); err != nil {
+			r.RespondError(fs.errno("truncate "+n.name, n, err))
+			return
+		}
+	}
+	// Mode, owner and times are accepted and not kept: the mount's files
+	// take their attributes from the data directory.
+	a, err := fs.attr(n)
+	if err != nil {
+		r.RespondError(fs.errno("setattr", n, err))
+		return
+	}
+	r.Respond(&fuse.SetattrResponse{Attr: a})
+}
+
+func (fs *FS) truncate(n *node, size int64) error {
+	switch n.kind {
+	case kindPos:
+		return syscall.EPERM
+	case kindDB:
+		return n.db.Truncate(size)
+	case kindJournal:
+		if size == 0 { // TRUNCATE mode ends a transaction this way
+			return n.db.CommitJournal(func() error { return os.Truncate(n.realPath(), 0) })
+		}
+	}
+	return os.Truncate(n.realPath(), size)
+}
+
+func (fs *FS) open(r *fuse.OpenRequest) {
+	if r.Node == fuse.RootID {
+		fs.openDir(r)
+		return
+	}
+	n := fs.node(r.Node)
+	if n == nil {
+		r.RespondError(fuse.ENOENT)
+		return
+	}
+	h := &handle{node: n}
+	flags := fuse.OpenKeepCache
+	switch n.kind {
+	case kindPos:
+		if !r.Flags.IsReadOnly() {
+			r.RespondError(fuse.Errno(syscall.EPERM))
+			return
+		}
+		flags = fuse.OpenDirectIO
+	case kindJournal, kindWAL, kindSHM:
+		f, err := os.OpenFile(n.realPath(), os.O_RDWR, 0)
+		if err != nil {
+			r.RespondError(fs.errno("open "+n.name, n, err))
+			return
+		}
+		h.f = f
+	}
+	r.Respond(&fuse.OpenResponse{Handle: fs.addHandle(h), Flags: flags})
+}
+
+func (fs *FS) openDir(r *fuse.OpenRequest) {
+	var buf []byte
+	buf = fuse.AppendDirent(buf, fuse.Dirent{Inode: uint64(fuse.RootID), Name: ".", Type: fuse.DT_Dir})
+	buf = fuse.AppendDirent(buf, fuse.Dirent{Inode: uint64(fuse.RootID), Name: "..", Type: fuse.DT_Dir})
+	fs.mu.Lock()
+	for _, db := range fs.Store.DBs() {
+		for _, name := range []string{db.Name(), db.Name() + "-journal", db.Name() + "-wal", db.Name() + "-shm", db.Name() + "-pos"} {
+			if n := fs.resolve(name); n != nil {
+				buf = fuse.AppendDirent(buf, fuse.Dirent{Inode: uint64(n.id), Name: name, Type: fuse.DT_File})
+			}
+		}
+	}
+	fs.mu.Unlock()
+	r.Respond(&fuse.OpenResponse{Handle: fs.addHandle(&handle{dir: buf})})
+}
+
+func (fs *FS) addHandle(h *handle) fuse.HandleID {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	id := fs.nextFH
+	fs.nextFH++
+	fs.handles[id] = h
+	return id
+}
+
+func (fs *FS) handleOf(id fuse.HandleID) *handle {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	return fs.handles[id]
+}
+
+func (fs *FS) create(r *fuse.CreateRequest) {
+	if r.Node != fuse.RootID {
+		r.RespondError(fuse.ENOENT)
+		return
+	}
+	base, k := parseName(r.Name)
+	if k == kindPos {
+		r.RespondError(fuse.Errno(syscall.EPERM))
+		return
+	}
+	fs.mu.Lock()
+	n := fs.resolve(r.Name)
+	fs.mu.Unlock()
+	if n != nil && r.Flags&fuse.OpenExclusive != 0 {
+		r.RespondError(fuse.EEXIST)
+		return
+	}
+	if n == nil {
+		var err error
+		if n, err = fs.createNode(base, k, r.Name); err != nil {
+			r.RespondError(fs.errno("create "+r.Name, nil, err))
+			return
+		}
+	}
+	h := &handle{node: n}
+	if k != kindDB {
+		f, err := os.OpenFile(n.realPath(), os.O_RDWR, 0)
+		if err != nil {
+			r.RespondError(fs.errno("open "+n.name, n, err))
+			return
+		}
+		h.f = f
+	}
+	if r.Flags&fuse.OpenTruncate != 0 {
+		if err := fs.truncate(n, 0); err != nil {
+			h.close()
+			r.RespondError(fs.errno("truncate "+n.name, n, err))
+			return
+		}
+	}
+	a, err := fs.attr(n)
+	if err != nil {
+		h.close()
+		r.RespondError(fs.errno("create", n, err))
+		return
+	}
+	fs.mu.Lock()
+	n.nlookup++
+	fs.mu.Unlock()
+	r.Respond(&fuse.CreateResponse{
+		LookupResponse: fuse.LookupResponse{Node: n.id, EntryValid: fs.CacheTTL, Attr: a},
+		OpenResponse:   fuse.OpenResponse{Handle: fs.addHandle(h), Flags: fuse.OpenKeepCache},
+	})
+}
+
+// createNode creates a database, or a companion file of an existing one.
+func (fs *FS) createNode(base string, k kind, name string) (*node, error) {
+	if k == kindDB {
+		db, err := fs.Store.CreateDB(name)
+		if err != nil {
+			return nil, err
+		}
+		fs.markDirDirty(fs.Store.DBDir())
+		fs.mu.Lock()
+		defer fs.mu.Unlock()
+		n := &node{name: name, kind: k, db: db}
+		fs.addNode(n)
+		return n, nil
+	}
+	db := fs.Store.DB(base)
+	if db == nil {
+		return nil, syscall.ENOENT
+	}
+	n := &node{name: name, kind: k, db: db}
+	f, err := os.OpenFile(n.realPath(), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.Close(); err != nil {
+		return nil, err
+	}
+	fs.markDirDirty(filepath.Dir(n.realPath()))
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if cur := fs.names[name]; cur != nil {
+		return cur, nil // created concurrently
+	}
+	fs.addNode(n)
+	return n, nil
+}
+
+func (fs *FS) markDirDirty(dir string) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	fs.dirtyDir[dir] = struct{}{}
+}
+
+func (fs *FS) read(r *fuse.ReadRequest) {
+	h := fs.handleOf(r.Handle)
+	if h == nil {
+		r.RespondError(fuse.Errno(syscall.EBADF))
+		return
+	}
+	if r.Dir {
+		resp := &fuse.ReadResponse{Data: make([]byte, 0, r.Size)}
+		fuseutil.HandleRead(r, resp, h.dir)
+		r.Respond(resp)
+		return
+	}
+	n := h.node
+	if n.kind == kindPos {
+		resp := &fuse.ReadResponse{Data: make([]byte, 0, r.Size)}
+		fuseutil.HandleRead(r, resp, []byte(posContent(n.db)))
+		r.Respond(resp)
+		return
+	}
+	buf := make([]byte, r.Size)
+	var (
+		nr  int
+		err error
+	)
+	if n.kind == kindDB {
+		nr, err = n.db.ReadAt(buf, r.Offset)
+	} else {
+		nr, err = h.f.ReadAt(buf, r.Offset)
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		r.RespondError(fs.errno("read "+n.name, n, err))
+		return
+	}
+	r.Respond(&fuse.ReadResponse{Data: buf[:nr]})
+}
+
+func (fs *FS) write(r *fuse.WriteRequest) {
+	h := fs.handleOf(r.Handle)
+	if h == nil || h.node == nil {
+		r.RespondError(fuse.Errno(syscall.EBADF))
+		return
+	}
+	n := h.node
+	var (
+		nw  int
+		err error
+	)
+	switch n.kind {
+	case kindPos:
+		err = syscall.EPERM
+	case kindDB:
+		nw, err = n.db.WriteAt(r.Data, r.Offset)
+	case kindJournal:
+		if isJournalHeaderZeroed(r.Data, r.Offset) {
+			// PERSIST mode ends a transaction by zeroing the header; the
+			// same write also starts a synced transaction, when nothing
+			// is pending and CommitJournal only performs the write.
+			err = n.db.CommitJournal(func() error {
+				var werr error
+				nw, werr = h.f.WriteAt(r.Data, r.Offset)
+				return werr
+			})
+		} else {
+			nw, err = h.f.WriteAt(r.Data, r.Offset)
+		}
+	default:
+		nw, err = h.f.WriteAt(r.Data, r.Offset)
+	}
+	if err != nil {
+		r.RespondError(fs.errno("write "+n.name, n, err))
+		return
+	}
+	r.Respond(&fuse.WriteResponse{Size: nw})
+}
+
+// isJournalHeaderZeroed reports whether a write at off leaves the journal
+// without its magic number.
+func isJournalHeaderZeroed(p []byte, off int64) bool {
+	if off != 0 || len(p) < 8 {
+		return false
+	}
+	return !replica.IsJournalMagic(p[:8])
+}
+
+func (fs *FS) release(r *fuse.ReleaseRequest) {
+	fs.mu.Lock()
+	h := fs.handles[r.Handle]
+	delete(fs.handles, r.Handle)
+	fs.mu.Unlock()
+	if h != nil {
+		h.close()
+	}
+	r.Respond()
+}
+
+func (h *handle) close() {
+	if h.f != nil {
+		_ = h.f.Close()
+	}
+}
+
+func (fs *FS) fsync(r *fuse.FsyncRequest) {
+	if r.Dir {
+		if err := fs.syncDirs(); err != nil {
+			r.RespondError(fs.errno("fsync directory", nil, err))
+			return
+		}
+		r.Respond()
+		return
+	}
+	h := fs.handleOf(r.Handle)
+	if h == nil || h.node == nil {
+		r.RespondError(fuse.Errno(syscall.EBADF))
+		return
+	}
+	datasync := r.Flags&1 != 0
+	var err error
+	switch {
+	case h.node.kind == kindDB:
+		err = h.node.db.Sync(datasync)
+	case h.f != nil && datasync:
+		err = unix.Fdatasync(int(h.f.Fd()))
+	case h.f != nil:
+		err = h.f.Sync()
+	}
+	if err != nil {
+		r.RespondError(fs.errno("fsync "+h.node.name, h.node, err))
+		return
+	}
+	r.Respond()
+}
+
+// syncDirs syncs the data directories whose entries changed since the last
+// directory sync, which is what syncing the mount's one directory means.
+func (fs *FS) syncDirs() error {
+	fs.mu.Lock()
+	dirs := fs.dirtyDir
+	fs.dirtyDir = make(map[string]struct{})
+	fs.mu.Unlock()
+	for dir := range dirs {
+		d, err := os.Open(dir)
+		if os.IsNotExist(err) {
+			continue
+		} else if err != nil {
+			return err
+		}
+		err = d.Sync()
+		_ = d.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (fs *FS) remove(r *fuse.RemoveRequest) {
+	if r.Node != fuse.RootID || r.Dir {
+		r.RespondError(fuse.ENOENT)
+		return
+	}
+	fs.mu.Lock()
+	n := fs.resolve(r.Name)
+	fs.mu.Unlock()
+	if n == nil {
+		r.RespondError(fuse.ENOENT)
+		return
+	}
+	var err error
+	switch n.kind {
+	case kindPos:
+		err = syscall.EPERM
+	case kindDB:
+		err = fs.Store.DeleteDB(n.db.Name())
+		if err == nil {
+			fs.mu.Lock()
+			for _, s := range suffixes {
+				fs.unlink(n.name + s.suffix)
+			}
+			fs.mu.Unlock()
+			fs.markDirDirty(fs.Store.DBDir())
+		}
+	case kindJournal: // DELETE mode ends a transaction this way
+		err = n.db.CommitJournal(func() error { return os.Remove(n.realPath()) })
+	default:
+		err = os.Remove(n.realPath())
+	}
+	if err != nil {
+		r.RespondError(fs.errno("remove "+r.Name, n, err))
+		return
+	}
+	if n.kind != kindDB {
+		fs.markDirDirty(filepath.Dir(n.realPath()))
+	}
+	fs.mu.Lock()
+	fs.unlink(r.Name)
+	fs.mu.Unlock()
+	r.Respond()
+}
+
+func (fs *FS) statfs(r *fuse.StatfsRequest) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(fs.Store.Dir, &st); err != nil {
+		r.RespondError(fs.errno("statfs", nil, err))
+		return
+	}
+	r.Respond(&fuse.StatfsResponse{
+		Blocks: st.Blocks, Bfree: st.Bfree, Bavail: st.Bavail, Files: st.Files, Ffree: st.Ffree,
+		Bsize: uint32(st.Bsize), Namelen: 255, Frsize: uint32(st.Frsize),
+	})
+}

@@ -1,0 +1,198 @@
+package ltx
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	sltx "github.com/superfly/ltx"
+	"golang.org/x/sys/unix"
+
+	"github.com/litefs-project/litefs/checksum"
+)
+
+// Page is one page of an LTX file.
+type Page struct {
+	Pgno uint32
+	Data []byte
+}
+
+// Encode writes an LTX file with hdr and pages (ascending page numbers, no
+// lock page) to w; post is the database checksum after applying it.
+func Encode(w io.Writer, hdr Header, pages []Page, post checksum.Checksum) error {
+	enc, err := sltx.NewEncoder(w)
+	if err != nil {
+		return err
+	}
+	if err := enc.EncodeHeader(toCodec(hdr)); err != nil {
+		return fmt.Errorf("encode header: %w", err)
+	}
+	for _, p := range pages {
+		if err := enc.EncodePage(sltx.PageHeader{Pgno: p.Pgno}, p.Data); err != nil {
+			return fmt.Errorf("encode page %d: %w", p.Pgno, err)
+		}
+	}
+	enc.SetPostApplyChecksum(sltx.Checksum(post))
+	if err := enc.Close(); err != nil {
+		return fmt.Errorf("close encoder: %w", err)
+	}
+	return nil
+}
+
+func toCodec(h Header) sltx.Header {
+	return sltx.Header{
+		Version:          sltx.Version,
+		PageSize:         h.PageSize,
+		Commit:           h.Commit,
+		MinTXID:          sltx.TXID(h.MinTXID),
+		MaxTXID:          sltx.TXID(h.MaxTXID),
+		Timestamp:        h.Timestamp,
+		PreApplyChecksum: sltx.Checksum(h.PreApplyChecksum),
+		NodeID:           h.NodeID,
+	}
+}
+
+func fromCodec(h sltx.Header) Header {
+	return Header{
+		PageSize:         h.PageSize,
+		Commit:           h.Commit,
+		MinTXID:          TXID(h.MinTXID),
+		MaxTXID:          TXID(h.MaxTXID),
+		Timestamp:        h.Timestamp,
+		PreApplyChecksum: checksum.Checksum(h.PreApplyChecksum),
+		NodeID:           h.NodeID,
+	}
+}
+
+// Decoded is a fully read and verified LTX file.
+type Decoded struct {
+	Header            Header
+	Pages             []Page
+	PostApplyChecksum checksum.Checksum
+}
+
+// Decode reads a whole LTX file from r and verifies its file checksum (and,
+// for snapshots, its post-apply checksum against the pages). Pages are held
+// in memory; use Verify for a file that need not be kept.
+func Decode(r io.Reader) (*Decoded, error) {
+	return decode(r, true)
+}
+
+func decode(r io.Reader, keep bool) (*Decoded, error) {
+	dec := sltx.NewDecoder(r)
+	if err := dec.DecodeHeader(); err != nil {
+		return nil, fmt.Errorf("decode header: %w", err)
+	}
+	hdr := dec.Header()
+	out := &Decoded{Header: fromCodec(hdr)}
+	var ph sltx.PageHeader
+	buf := make([]byte, hdr.PageSize)
+	for {
+		if err := dec.DecodePage(&ph, buf); err == io.EOF {
+			break
+		} else if err != nil {
+			return nil, fmt.Errorf("decode page: %w", err)
+		}
+		if ph.Pgno > hdr.Commit {
+			return nil, fmt.Errorf("page %d beyond commit size %d", ph.Pgno, hdr.Commit)
+		}
+		if keep {
+			out.Pages = append(out.Pages, Page{Pgno: ph.Pgno, Data: bytes.Clone(buf)})
+		}
+	}
+	if err := dec.Close(); err != nil {
+		return nil, err
+	}
+	out.PostApplyChecksum = checksum.Checksum(dec.Trailer().PostApplyChecksum)
+	return out, nil
+}
+
+// ReadFile decodes and verifies the LTX file at path. A file that fails to
+// decode returns a *CorruptError naming it.
+func ReadFile(path string) (*Decoded, error) {
+	return readFile(path, true)
+}
+
+// VerifyFile checks the LTX file at path end to end without keeping its
+// pages, and returns its header and post-apply checksum.
+func VerifyFile(path string) (*Decoded, error) {
+	return readFile(path, false)
+}
+
+func readFile(path string, keep bool) (*Decoded, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	d, err := decode(f, keep)
+	if err != nil {
+		return nil, &CorruptError{Path: path, Err: err}
+	}
+	return d, nil
+}
+
+// WriteFile writes an LTX file to path durably: it writes a temporary file
+// beside it, syncs it, renames it into place and syncs the directory, so a
+// crash leaves either the whole file or none of it.
+func WriteFile(path string, hdr Header, pages []Page, post checksum.Checksum) error {
+	var buf bytes.Buffer
+	if err := Encode(&buf, hdr, pages, post); err != nil {
+		return err
+	}
+	return writeFileDurable(path, buf.Bytes())
+}
+
+// tmpSuffix marks files that a crash may leave half-written; Log removes them.
+const tmpSuffix = ".tmp"
+
+func writeFileDurable(path string, data []byte) (err error) {
+	tmp := path + tmpSuffix
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = f.Close()
+			_ = os.Remove(tmp)
+		}
+	}()
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := unix.Fdatasync(int(f.Fd())); err != nil {
+		return fmt.Errorf("sync %s: %w", tmp, err)
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("sync dir %s: %w", dir, err)
+	}
+	return nil
+}
+
+// FormatFilename returns the file name of an LTX file holding min..max.
+func FormatFilename(min, max TXID) string { return sltx.FormatFilename(sltx.TXID(min), sltx.TXID(max)) }
+
+// ParseFilename parses a name made by FormatFilename.
+func ParseFilename(name string) (min, max TXID, err error) {
+	a, b, err := sltx.ParseFilename(name)
+	return TXID(a), TXID(b), err
+}

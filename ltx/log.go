@@ -1,0 +1,153 @@
+package ltx
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/litefs-project/litefs/checksum"
+)
+
+// FileInfo describes one LTX file in a Log.
+type FileInfo struct {
+	MinTXID, MaxTXID TXID
+	Size             int64
+	ModTime          time.Time
+}
+
+// Log is the ordered set of LTX files of one database in one directory.
+// Files hold contiguous TXIDs; retention may remove the oldest ones, but the
+// newest file is always kept because it defines the position.
+type Log struct {
+	dir string
+
+	mu    sync.Mutex
+	files []FileInfo // ascending TXIDs
+	pos   Pos        // post-apply position of the last file
+	last  Header     // header of the last file
+}
+
+// OpenLog opens the log in dir, creating dir if needed. It removes files a
+// crash left half-written, checks that file names are contiguous, and
+// verifies the newest file end to end; a file that fails returns an error
+// naming it (a *CorruptError for a damaged file). Nothing is modified on
+// error except the removal of temporary files.
+func OpenLog(dir string) (*Log, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	l := &Log{dir: dir}
+	for _, ent := range ents {
+		name := ent.Name()
+		if strings.HasSuffix(name, tmpSuffix) {
+			if err := os.Remove(filepath.Join(dir, name)); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		min, max, err := ParseFilename(name)
+		if err != nil {
+			return nil, fmt.Errorf("unexpected file %s in ltx directory: move it out of %s", name, dir)
+		}
+		fi, err := ent.Info()
+		if err != nil {
+			return nil, err
+		}
+		l.files = append(l.files, FileInfo{MinTXID: min, MaxTXID: max, Size: fi.Size(), ModTime: fi.ModTime()})
+	}
+	sort.Slice(l.files, func(i, j int) bool { return l.files[i].MinTXID < l.files[j].MinTXID })
+	for i := 1; i < len(l.files); i++ {
+		if prev, cur := l.files[i-1], l.files[i]; cur.MinTXID != prev.MaxTXID+1 {
+			return nil, fmt.Errorf("ltx log in %s is not contiguous: %s follows %s", dir,
+				FormatFilename(cur.MinTXID, cur.MaxTXID), FormatFilename(prev.MinTXID, prev.MaxTXID))
+		}
+	}
+	if n := len(l.files); n > 0 {
+		f := l.files[n-1]
+		d, err := VerifyFile(l.Path(f.MinTXID, f.MaxTXID))
+		if err != nil {
+			return nil, err
+		}
+		if d.Header.MinTXID != f.MinTXID || d.Header.MaxTXID != f.MaxTXID {
+			return nil, &CorruptError{Path: l.Path(f.MinTXID, f.MaxTXID),
+				Err: fmt.Errorf("header holds %s-%s, name says otherwise", d.Header.MinTXID, d.Header.MaxTXID)}
+		}
+		l.last = d.Header
+		l.pos = Pos{TXID: f.MaxTXID, Checksum: d.PostApplyChecksum}
+	}
+	return l, nil
+}
+
+// Dir returns the directory holding the log.
+func (l *Log) Dir() string { return l.dir }
+
+// Path returns the path of the LTX file holding min..max.
+func (l *Log) Path(min, max TXID) string { return filepath.Join(l.dir, FormatFilename(min, max)) }
+
+// Pos returns the position after the newest file; zero for an empty log.
+func (l *Log) Pos() Pos {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.pos
+}
+
+// LastHeader returns the header of the newest file; zero for an empty log.
+func (l *Log) LastHeader() Header {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.last
+}
+
+// Files returns the files of the log, oldest first.
+func (l *Log) Files() []FileInfo {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]FileInfo(nil), l.files...)
+}
+
+// Append durably writes the next LTX file. hdr must continue the log: its
+// MinTXID is the log's TXID + 1 and its pre-apply checksum the log's
+// checksum (a snapshot, MinTXID 1, may start an empty log).
+func (l *Log) Append(hdr Header, pages []Page, post checksum.Checksum) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if hdr.MinTXID != l.pos.TXID+1 {
+		return fmt.Errorf("append ltx %s: log is at %s", hdr.MinTXID, l.pos.TXID)
+	}
+	if !hdr.IsSnapshot() && hdr.PreApplyChecksum != l.pos.Checksum {
+		return fmt.Errorf("append ltx %s: pre-apply checksum %s, log is at %s", hdr.MinTXID, hdr.PreApplyChecksum, l.pos.Checksum)
+	}
+	path := l.Path(hdr.MinTXID, hdr.MaxTXID)
+	if err := WriteFile(path, hdr, pages, post); err != nil {
+		return fmt.Errorf("write ltx %s: %w", filepath.Base(path), err)
+	}
+	l.files = append(l.files, FileInfo{MinTXID: hdr.MinTXID, MaxTXID: hdr.MaxTXID, ModTime: time.Now()})
+	l.pos = Pos{TXID: hdr.MaxTXID, Checksum: post}
+	l.last = hdr
+	return nil
+}
+
+// Retain removes files last modified before t, always keeping the newest.
+// It returns how many files it removed.
+func (l *Log) Retain(t time.Time) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for len(l.files) > 1 && l.files[0].ModTime.Before(t) {
+		f := l.files[0]
+		if err := os.Remove(l.Path(f.MinTXID, f.MaxTXID)); err != nil && !os.IsNotExist(err) {
+			return n, err
+		}
+		l.files = l.files[1:]
+		n++
+	}
+	return n, nil
+}

@@ -1,0 +1,112 @@
+package ltx_test
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	sltx "github.com/superfly/ltx"
+
+	"github.com/litefs-project/litefs/checksum"
+	"github.com/litefs-project/litefs/ltx"
+)
+
+func page(b byte, size int) []byte { return bytes.Repeat([]byte{b}, size) }
+
+func TestChecksum_MatchesCodec(t *testing.T) {
+	for _, pgno := range []uint32{1, 2, 1000} {
+		data := page(byte(pgno), 4096)
+		if got, want := uint64(checksum.Page(pgno, data)), uint64(sltx.ChecksumPage(pgno, data)); got != want {
+			t.Errorf("pgno %d: checksum %x, ltx library %x", pgno, got, want)
+		}
+	}
+}
+
+func TestLog_AppendReopen(t *testing.T) {
+	dir := t.TempDir()
+	l, err := ltx.OpenLog(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl := checksum.NewTable(512)
+	tbl.Set(1, page(1, 512))
+	tbl.Set(2, page(2, 512))
+	snap := ltx.Header{PageSize: 512, Commit: 2, MinTXID: 1, MaxTXID: 1, Timestamp: time.Now().UnixMilli()}
+	if err := l.Append(snap, []ltx.Page{{1, page(1, 512)}, {2, page(2, 512)}}, tbl.Sum()); err != nil {
+		t.Fatal(err)
+	}
+	pre := tbl.Sum()
+	tbl.Set(2, page(3, 512))
+	next := ltx.Header{PageSize: 512, Commit: 2, MinTXID: 2, MaxTXID: 2, PreApplyChecksum: pre}
+	if err := l.Append(next, []ltx.Page{{2, page(3, 512)}}, tbl.Sum()); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("ErrNotContiguous", func(t *testing.T) {
+		bad := ltx.Header{PageSize: 512, Commit: 2, MinTXID: 4, MaxTXID: 4, PreApplyChecksum: tbl.Sum()}
+		if err := l.Append(bad, []ltx.Page{{2, page(3, 512)}}, tbl.Sum()); err == nil {
+			t.Fatal("expected error")
+		}
+	})
+
+	l2, err := ltx.OpenLog(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := l2.Pos(), (ltx.Pos{TXID: 2, Checksum: tbl.Sum()}); got != want {
+		t.Fatalf("pos %v, want %v", got, want)
+	}
+	d, err := ltx.ReadFile(l2.Path(2, 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Header.PreApplyChecksum != pre || len(d.Pages) != 1 || !bytes.Equal(d.Pages[0].Data, page(3, 512)) {
+		t.Fatalf("decoded %+v", d.Header)
+	}
+
+	t.Run("ErrCorrupt", func(t *testing.T) {
+		path := l2.Path(2, 2)
+		b, _ := os.ReadFile(path)
+		b[len(b)-20] ^= 0xff
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := ltx.OpenLog(dir)
+		var ce *ltx.CorruptError
+		if !errors.As(err, &ce) || !errors.Is(err, ltx.ErrCorrupt) || ce.Path != path {
+			t.Fatalf("want CorruptError naming %s, got %v", path, err)
+		}
+		after, _ := os.ReadFile(path)
+		if !bytes.Equal(after, b) {
+			t.Fatal("corrupt file was modified")
+		}
+	})
+
+	t.Run("TempRemoved", func(t *testing.T) {
+		dir := t.TempDir()
+		tmp := filepath.Join(dir, ltx.FormatFilename(1, 1)+".tmp")
+		os.WriteFile(tmp, []byte("partial"), 0o644)
+		l, err := ltx.OpenLog(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(tmp); !os.IsNotExist(err) || !l.Pos().IsZero() {
+			t.Fatal("temp file left or pos not zero")
+		}
+	})
+}
+
+func TestParsePos(t *testing.T) {
+	p := ltx.Pos{TXID: 0x2a, Checksum: 0x8000000000000001}
+	got, err := ltx.ParsePos(p.String() + "\n")
+	if err != nil || got != p {
+		t.Fatalf("round trip %v %v", got, err)
+	}
+	for _, bad := range []string{"", "1/2", "000000000000002a-8000000000000001"} {
+		if _, err := ltx.ParsePos(bad); err == nil {
+			t.Errorf("%q: expected error", bad)
+		}
+	}
+}

@@ -1,0 +1,271 @@
+package replica
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/litefs-project/litefs/checksum"
+	"github.com/litefs-project/litefs/ltx"
+)
+
+// File names inside a database's directory, as LiteFS lays them out, so a
+// LiteFS data directory opens unchanged.
+const (
+	DatabaseFile = "database"
+	JournalFile  = "journal"
+	WALFile      = "wal"
+	SHMFile      = "shm"
+	LTXDir       = "ltx"
+)
+
+// DB is one database: its file, its LTX log and its position. The FUSE
+// layer passes database reads and writes through it; it validates writes,
+// tracks the pages a transaction changes, and turns each commit into one
+// LTX file.
+type DB struct {
+	name   string
+	dir    string
+	logger *slog.Logger
+
+	mu       sync.Mutex
+	f        *os.File
+	log      *ltx.Log
+	pageSize uint32              // zero until the first page is written
+	chk      *checksum.Table     // checksums of the committed database
+	pos      ltx.Pos             // position of the committed database
+	dirty    map[uint32]struct{} // pages written since the last commit
+	resized  bool                // truncated since the last commit
+	closed   bool
+	changed  chan struct{} // closed and replaced when pos moves
+}
+
+// openDB opens the database in dir, recovering from a crash: a hot journal
+// left by an interrupted transaction is rolled back, and the file's checksum
+// must then equal the log's position. Nothing is changed if it does not.
+func openDB(name, dir string, logger *slog.Logger) (_ *DB, err error) {
+	db := &DB{
+		name:    name,
+		dir:     dir,
+		logger:  logger.With(slog.String(LogKeyDB, name)),
+		dirty:   make(map[uint32]struct{}),
+		changed: make(chan struct{}),
+	}
+	if db.log, err = ltx.OpenLog(filepath.Join(dir, LTXDir)); err != nil {
+		return nil, fmt.Errorf("open ltx log of %q: %w", name, err)
+	}
+	if db.f, err = os.OpenFile(db.path(DatabaseFile), os.O_RDWR|os.O_CREATE, 0o644); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			_ = db.f.Close()
+		}
+	}()
+	if err := db.recover(); err != nil {
+		return nil, err
+	}
+	return db, nil
+}
+
+func (db *DB) recover() error {
+	db.pos = db.log.Pos()
+	pageSize, err := readPageSize(db.f)
+	if err != nil {
+		return fmt.Errorf("database %q: read header of %s: %w", db.name, db.path(DatabaseFile), err)
+	}
+	if pageSize == 0 {
+		pageSize = db.log.LastHeader().PageSize
+	}
+	tbl, err := db.recompute(pageSize)
+	if err != nil {
+		return err
+	}
+	if tbl.Sum() != db.pos.Checksum {
+		j, err := readHotJournal(db.path(JournalFile), pageSize)
+		if err != nil {
+			return fmt.Errorf("database %q: read journal: %w", db.name, err)
+		}
+		if j != nil {
+			db.logger.Info("rolling back the hot journal of an interrupted transaction",
+				slog.Int("pages", len(j.pages)), slog.Uint64("db_size", uint64(j.dbSize)))
+			if err := j.rollback(db.f); err != nil {
+				return fmt.Errorf("database %q: roll back hot journal: %w", db.name, err)
+			}
+			if pageSize, err = readPageSize(db.f); err != nil {
+				return fmt.Errorf("database %q: read header after rollback: %w", db.name, err)
+			}
+			if tbl, err = db.recompute(pageSize); err != nil {
+				return err
+			}
+		}
+	}
+	if got := tbl.Sum(); got != db.pos.Checksum {
+		return &ChecksumMismatchError{DB: db.name, Path: db.path(DatabaseFile),
+			TXID: uint64(db.pos.TXID), Want: db.pos.Checksum, Got: got}
+	}
+	// The file matches the log: any journal left is either the journal of
+	// a transaction whose LTX file was written (the commit finished) or one
+	// that changed nothing. Either way it must not be played back.
+	if err := os.Remove(db.path(JournalFile)); err == nil {
+		db.logger.Info("removed the journal of a finished transaction", slog.String(LogKeyTXID, db.pos.TXID.String()))
+	} else if !os.IsNotExist(err) {
+		return err
+	}
+	db.pageSize, db.chk = pageSize, tbl
+	return nil
+}
+
+func (db *DB) recompute(pageSize uint32) (*checksum.Table, error) {
+	if pageSize == 0 {
+		return checksum.NewTable(0), nil
+	}
+	if _, err := db.f.Seek(0, 0); err != nil {
+		return nil, err
+	}
+	tbl, err := checksum.Read(db.f, pageSize)
+	if err != nil {
+		return nil, fmt.Errorf("database %q: checksum %s: %w", db.name, db.path(DatabaseFile), err)
+	}
+	return tbl, nil
+}
+
+func (db *DB) path(name string) string { return filepath.Join(db.dir, name) }
+
+// Name returns the database name, as it appears in the mount.
+func (db *DB) Name() string { return db.name }
+
+// Path returns the path of the database file in the data directory.
+func (db *DB) Path() string { return db.path(DatabaseFile) }
+
+// JournalPath returns the path of the rollback journal in the data directory.
+func (db *DB) JournalPath() string { return db.path(JournalFile) }
+
+// WALPath returns the path of the write-ahead log in the data directory.
+func (db *DB) WALPath() string { return db.path(WALFile) }
+
+// SHMPath returns the path of the WAL index in the data directory.
+func (db *DB) SHMPath() string { return db.path(SHMFile) }
+
+// LTXDir returns the directory of the database's LTX files.
+func (db *DB) LTXDir() string { return db.log.Dir() }
+
+// Log returns the database's LTX log.
+func (db *DB) Log() *ltx.Log { return db.log }
+
+// Pos returns the position of the last committed transaction.
+func (db *DB) Pos() ltx.Pos {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	return db.pos
+}
+
+// PageSize returns the page size; zero before the first write.
+func (db *DB) PageSize() uint32 {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	return db.pageSize
+}
+
+// Changed returns a channel closed at the next change of position.
+func (db *DB) Changed() <-chan struct{} {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	return db.changed
+}
+
+// ReadAt reads from the database file.
+func (db *DB) ReadAt(p []byte, off int64) (int, error) {
+	return db.f.ReadAt(p, off)
+}
+
+// Size returns the database file's size in bytes.
+func (db *DB) Size() (int64, error) {
+	fi, err := db.f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
+}
+
+// WriteAt writes one page to the database file and records it as changed
+// by the current transaction. It returns ErrNotPageWrite for anything but
+// one whole, page-aligned page of the database's page size (the first
+// write to an empty database must be page 1 and sets the page size).
+func (db *DB) WriteAt(p []byte, off int64) (int, error) {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if db.closed {
+		return 0, ErrClosed
+	}
+	if db.pageSize == 0 {
+		sz := headerPageSize(p)
+		if off != 0 || sz == 0 || int(sz) != len(p) {
+			return 0, fmt.Errorf("%w: %d bytes at offset %d of an empty database (the first write must be page 1 with a SQLite header)",
+				ErrNotPageWrite, len(p), off)
+		}
+		db.pageSize = sz
+		db.chk = checksum.NewTable(sz)
+	}
+	if len(p) != int(db.pageSize) || off%int64(db.pageSize) != 0 {
+		return 0, fmt.Errorf("%w: %d bytes at offset %d, page size is %d", ErrNotPageWrite, len(p), off, db.pageSize)
+	}
+	pgno := uint32(off/int64(db.pageSize)) + 1
+	if pgno == 1 && headerPageSize(p) != db.pageSize {
+		return 0, fmt.Errorf("%w: page 1 would change the page size from %d (changing the page size of an existing database is not supported; import a database with the new page size instead)",
+			ErrNotPageWrite, db.pageSize)
+	}
+	n, err := db.f.WriteAt(p, off)
+	if n > 0 {
+		db.dirty[pgno] = struct{}{}
+	}
+	return n, err
+}
+
+// Truncate sets the database file's size, which must be a whole number of
+// pages.
+func (db *DB) Truncate(size int64) error {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if db.closed {
+		return ErrClosed
+	}
+	if (db.pageSize == 0 && size != 0) || (db.pageSize != 0 && size%int64(db.pageSize) != 0) {
+		return fmt.Errorf("%w: truncate to %d bytes, page size is %d", ErrNotPageWrite, size, db.pageSize)
+	}
+	if size == 0 && db.pos.TXID > 0 {
+		return fmt.Errorf("%w: truncating a database with committed transactions to zero bytes (to delete a database, remove its file)", ErrNotPageWrite)
+	}
+	if err := db.f.Truncate(size); err != nil {
+		return err
+	}
+	db.resized = true
+	return nil
+}
+
+// Sync flushes the database file to disk; datasync skips metadata.
+func (db *DB) Sync(datasync bool) error {
+	if datasync {
+		return unix.Fdatasync(int(db.f.Fd()))
+	}
+	return db.f.Sync()
+}
+
+// close closes the database file. Safe to call twice.
+func (db *DB) close() error {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if db.closed {
+		return nil
+	}
+	db.closed = true
+	if err := db.f.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+		return err
+	}
+	return nil
+}

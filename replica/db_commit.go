@@ -1,0 +1,139 @@
+package replica
+
+import (
+	"fmt"
+	"log/slog"
+	"sort"
+	"time"
+
+	"github.com/litefs-project/litefs/checksum"
+	"github.com/litefs-project/litefs/ltx"
+)
+
+// CommitJournal ends a rollback-journal transaction. The FUSE layer calls
+// it when SQLite deletes the journal (DELETE), truncates it to zero
+// (TRUNCATE) or zeroes its header (PERSIST); finalize performs that
+// operation on the real journal. If pages changed since the last commit,
+// they become one LTX file, durable before finalize runs and before the
+// position moves. A rollback (pages written back to what they were)
+// produces nothing.
+//
+// If writing the LTX file fails, finalize does not run, so SQLite sees its
+// commit fail and its journal still in place.
+func (db *DB) CommitJournal(finalize func() error) error {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if db.closed {
+		return ErrClosed
+	}
+	if err := db.commit(); err != nil {
+		db.logger.Error("commit failed; the transaction is not acknowledged", slog.Any(LogKeyError, err))
+		return err
+	}
+	if finalize == nil {
+		return nil
+	}
+	return finalize()
+}
+
+// commit turns the pages written since the last commit into an LTX file.
+// db.mu must be held.
+func (db *DB) commit() error {
+	if len(db.dirty) == 0 && !db.resized {
+		return nil
+	}
+	size, err := db.Size()
+	if err != nil {
+		return err
+	}
+	if db.pageSize == 0 {
+		if size != 0 {
+			return fmt.Errorf("database %q has %d bytes but no page size", db.name, size)
+		}
+		db.resetDirty()
+		return nil
+	}
+	if size%int64(db.pageSize) != 0 {
+		return fmt.Errorf("database %q: size %d is not a whole number of %d-byte pages", db.name, size, db.pageSize)
+	}
+	pageN := uint32(size / int64(db.pageSize))
+	oldN := db.chk.PageN()
+	snapshot := db.pos.TXID == 0
+
+	// The pages to look at: those written, those that appeared at the end,
+	// or every page for the first transaction (a snapshot).
+	pgnos := make([]uint32, 0, len(db.dirty))
+	lock := checksum.LockPgno(db.pageSize)
+	if snapshot {
+		for pgno := uint32(1); pgno <= pageN; pgno++ {
+			if pgno != lock {
+				pgnos = append(pgnos, pgno)
+			}
+		}
+	} else {
+		for pgno := range db.dirty {
+			if pgno <= pageN && pgno <= oldN && pgno != lock {
+				pgnos = append(pgnos, pgno)
+			}
+		}
+		for pgno := oldN + 1; pgno <= pageN; pgno++ {
+			if pgno != lock {
+				pgnos = append(pgnos, pgno)
+			}
+		}
+		sort.Slice(pgnos, func(i, j int) bool { return pgnos[i] < pgnos[j] })
+	}
+
+	var (
+		pages []ltx.Page
+		sums  []checksum.PageSum
+	)
+	for _, pgno := range pgnos {
+		data := make([]byte, db.pageSize)
+		if _, err := db.f.ReadAt(data, int64(pgno-1)*int64(db.pageSize)); err != nil {
+			return fmt.Errorf("read page %d: %w", pgno, err)
+		}
+		sum := checksum.Page(pgno, data)
+		if !snapshot && pgno <= oldN && sum == db.chk.PageChecksum(pgno) {
+			continue // unchanged: written back by a rollback, or rewritten as it was
+		}
+		pages = append(pages, ltx.Page{Pgno: pgno, Data: data})
+		sums = append(sums, checksum.PageSum{Pgno: pgno, Sum: sum})
+	}
+	if len(pages) == 0 && pageN == oldN {
+		db.resetDirty() // a rollback: nothing changed
+		return nil
+	}
+	if pageN == 0 {
+		return fmt.Errorf("database %q: a transaction emptied the database file", db.name)
+	}
+
+	post := db.chk.Peek(pageN, sums)
+	txid := db.pos.TXID + 1
+	hdr := ltx.Header{
+		PageSize:  db.pageSize,
+		Commit:    pageN,
+		MinTXID:   txid,
+		MaxTXID:   txid,
+		Timestamp: time.Now().UnixMilli(),
+	}
+	if !snapshot {
+		hdr.PreApplyChecksum = db.pos.Checksum
+	}
+	if err := db.log.Append(hdr, pages, post); err != nil {
+		return fmt.Errorf("commit txid %s: %w", txid, err)
+	}
+	db.chk.Apply(pageN, sums)
+	db.pos = ltx.Pos{TXID: txid, Checksum: post}
+	db.resetDirty()
+	close(db.changed)
+	db.changed = make(chan struct{})
+	db.logger.Debug("commit", slog.String(LogKeyTXID, txid.String()), slog.Int("pages", len(pages)),
+		slog.Uint64("commit", uint64(pageN)), slog.String(LogKeyChecksum, post.String()))
+	return nil
+}
+
+func (db *DB) resetDirty() {
+	clear(db.dirty)
+	db.resized = false
+}

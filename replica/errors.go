@@ -1,0 +1,58 @@
+package replica
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/litefs-project/litefs/checksum"
+	"github.com/litefs-project/litefs/ltx"
+)
+
+var (
+	// ErrNotPageWrite is returned by DB.WriteAt when a write to a database
+	// file is not one whole, page-aligned page. SQLite never does that;
+	// copying a file into the mount does (use `litefs import` instead).
+	ErrNotPageWrite = errors.New("write is not a whole, page-aligned database page")
+
+	// ErrNotSQLite is returned when a database file does not start with a
+	// valid SQLite header.
+	ErrNotSQLite = errors.New("not a SQLite database")
+
+	// ErrDatabaseNotFound is returned for a database the store does not have.
+	ErrDatabaseNotFound = errors.New("database not found")
+
+	// ErrDatabaseExists is returned by Store.CreateDB for a name in use.
+	ErrDatabaseExists = errors.New("database already exists")
+
+	// ErrInvalidName is returned for a database name the store cannot hold:
+	// empty, hidden, or ending in a suffix SQLite uses for its own files.
+	ErrInvalidName = errors.New("invalid database name")
+
+	// ErrChecksumMismatch is returned (wrapped in a *ChecksumMismatchError)
+	// when a database file's checksum differs from its log's position.
+	ErrChecksumMismatch = errors.New("database checksum mismatch")
+
+	// ErrClosed is returned by operations on a closed database.
+	ErrClosed = errors.New("database closed")
+
+	// ErrCorruptLTX matches errors about a damaged LTX file; the error
+	// names the file.
+	ErrCorruptLTX = ltx.ErrCorrupt
+)
+
+// ChecksumMismatchError reports a database whose file does not match the
+// position its log records.
+type ChecksumMismatchError struct {
+	DB   string            // database name
+	Path string            // database file
+	TXID uint64            // the log's last TXID
+	Want checksum.Checksum // the log's post-apply checksum
+	Got  checksum.Checksum // full recompute of the file
+}
+
+func (e *ChecksumMismatchError) Error() string {
+	return fmt.Sprintf("database %q: checksum of %s is %s but its ltx log ends at txid %016x with checksum %s",
+		e.DB, e.Path, e.Got, e.TXID, e.Want)
+}
+
+func (e *ChecksumMismatchError) Unwrap() error { return ErrChecksumMismatch }
