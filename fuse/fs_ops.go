@@ -205,8 +205,14 @@ func (fs *FS) lookup(r *fuse.LookupRequest) {
 	if n == nil {
 		fs.mu.Unlock()
 		// A cached negative entry: SQLite's check for a hot journal before
-		// every read transaction then costs no round trip.
-		r.Respond(&fuse.LookupResponse{EntryValid: fs.CacheTTL})
+		// every read transaction then costs no round trip. A -pos file
+		// appears when its database is created under another name, so its
+		// absence is not cached.
+		valid := fs.CacheTTL
+		if _, k := parseName(r.Name); k == kindPos {
+			valid = 0
+		}
+		r.Respond(&fuse.LookupResponse{EntryValid: valid})
 		return
 	}
 	n.nlookup++
@@ -614,11 +620,17 @@ func (fs *FS) remove(r *fuse.RemoveRequest) {
 		err = fs.Store.DeleteDB(n.db.Name())
 		if err == nil {
 			fs.mu.Lock()
+			var names []string
 			for _, s := range suffixes {
+				names = append(names, n.name+s.suffix)
 				fs.unlink(n.name + s.suffix)
 			}
 			fs.mu.Unlock()
 			fs.markDirDirty(fs.Store.DBDir())
+			// The kernel may still cache the companion files' names. It
+			// cannot take the invalidation while this unlink holds the
+			// directory, so send it after responding.
+			defer func() { go fs.invalidateEntries(names) }()
 		}
 	case kindJournal: // DELETE mode ends a transaction this way
 		err = n.db.CommitJournal(func() error { return os.Remove(n.realPath()) })
@@ -636,6 +648,15 @@ func (fs *FS) remove(r *fuse.RemoveRequest) {
 	fs.unlink(r.Name)
 	fs.mu.Unlock()
 	r.Respond()
+}
+
+// invalidateEntries tells the kernel to drop its cached entries for names.
+func (fs *FS) invalidateEntries(names []string) {
+	for _, name := range names {
+		if err := fs.conn.InvalidateEntry(fuse.RootID, name); err != nil && !errors.Is(err, fuse.ErrNotCached) {
+			fs.Logger.Warn("invalidate kernel entry", slog.String("name", name), slog.Any(replica.LogKeyError, err))
+		}
+	}
 }
 
 func (fs *FS) statfs(r *fuse.StatfsRequest) {

@@ -1,0 +1,183 @@
+package tests
+
+import (
+	"bufio"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Helper processes: the test binary re-executed to act as a separate SQLite
+// client process (go-sqlite3), so that tests have several writers and
+// readers in different processes, and processes that can be killed.
+const (
+	helperEnv     = "LITEFS_TEST_HELPER"
+	helperArgsEnv = "LITEFS_TEST_HELPER_ARGS"
+)
+
+// helperArgs is what a helper process is told.
+type helperArgs struct {
+	Path        string        `json:"path"`
+	JournalMode string        `json:"journal_mode"`
+	Duration    time.Duration `json:"duration"`
+	Seed        int64         `json:"seed"`
+	Accounts    int           `json:"accounts"`
+	Total       int           `json:"total"`
+}
+
+// startHelper starts a helper process; its stdout is returned as lines.
+func startHelper(t testing.TB, name string, args helperArgs) (*exec.Cmd, *bufio.Scanner) {
+	t.Helper()
+	b, _ := json.Marshal(args)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"="+name, helperArgsEnv+"="+string(b))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	return cmd, bufio.NewScanner(out)
+}
+
+func runHelper(name string, _ []string) int {
+	var args helperArgs
+	if err := json.Unmarshal([]byte(os.Getenv(helperArgsEnv)), &args); err != nil {
+		fmt.Fprintln(os.Stderr, "helper args:", err)
+		return 2
+	}
+	db, err := sql.Open("sqlite3", fmt.Sprintf("file:%s?_journal_mode=%s&_busy_timeout=10000&_txlock=immediate", args.Path, args.JournalMode))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	switch name {
+	case "bank-writer":
+		return bankWriter(db, args, os.Stdout)
+	case "bank-reader":
+		return bankReader(db, args, os.Stdout)
+	case "acked-writer":
+		return ackedWriter(db, args, os.Stdout)
+	case "spill-hang":
+		return spillHang(db, os.Stdout)
+	}
+	fmt.Fprintln(os.Stderr, "unknown helper", name)
+	return 2
+}
+
+// bankWriter moves money between accounts in transactions that also add a
+// ledger row, until the duration passes; it prints "commits=N", the number
+// of COMMITs that returned success.
+func bankWriter(db *sql.DB, args helperArgs, w io.Writer) int {
+	rng := rand.New(rand.NewSource(args.Seed))
+	commits, busy := 0, 0
+	deadline := time.Now().Add(args.Duration)
+	for time.Now().Before(deadline) {
+		from, to, amt := rng.Intn(args.Accounts), rng.Intn(args.Accounts), rng.Intn(100)
+		err := func() error {
+			tx, err := db.Begin()
+			if err != nil {
+				return err
+			}
+			defer tx.Rollback()
+			if _, err := tx.Exec(`UPDATE accounts SET balance = balance - ? WHERE id = ?`, amt, from); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(`UPDATE accounts SET balance = balance + ? WHERE id = ?`, amt, to); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(`INSERT INTO ledger (src, dst, amount) VALUES (?, ?, ?)`, from, to, amt); err != nil {
+				return err
+			}
+			return tx.Commit()
+		}()
+		if err != nil {
+			if strings.Contains(err.Error(), "locked") || strings.Contains(err.Error(), "busy") {
+				busy++
+				continue
+			}
+			fmt.Fprintln(os.Stderr, "bank-writer:", err)
+			fmt.Fprintf(w, "commits=%d\n", commits)
+			return 1
+		}
+		commits++
+	}
+	fmt.Fprintf(w, "commits=%d busy=%d\n", commits, busy)
+	return 0
+}
+
+// bankReader sums all balances until the duration passes; the sum must
+// never change. It prints "reads=N bad=M".
+func bankReader(db *sql.DB, args helperArgs, w io.Writer) int {
+	reads, bad := 0, 0
+	deadline := time.Now().Add(args.Duration)
+	for time.Now().Before(deadline) {
+		var sum, n int
+		if err := db.QueryRow(`SELECT sum(balance), count(*) FROM accounts`).Scan(&sum, &n); err != nil {
+			if strings.Contains(err.Error(), "locked") || strings.Contains(err.Error(), "busy") {
+				continue
+			}
+			fmt.Fprintln(os.Stderr, "bank-reader:", err)
+			return 1
+		}
+		if sum != args.Total || n != args.Accounts {
+			bad++
+			fmt.Fprintf(os.Stderr, "bank-reader: torn read: sum=%d count=%d\n", sum, n)
+		}
+		reads++
+	}
+	fmt.Fprintf(w, "reads=%d bad=%d\n", reads, bad)
+	return 0
+}
+
+// ackedWriter inserts rows 1, 2, 3, ... one per transaction and prints each
+// id after its COMMIT returned, until an error or the duration passes.
+func ackedWriter(db *sql.DB, args helperArgs, w io.Writer) int {
+	deadline := time.Now().Add(args.Duration)
+	payload := strings.Repeat("x", 500)
+	for id := 1; time.Now().Before(deadline); id++ {
+		if _, err := db.Exec(`INSERT INTO acked (id, payload) VALUES (?, ?)`, id, payload); err != nil {
+			fmt.Fprintln(os.Stderr, "acked-writer stopped:", err)
+			return 0
+		}
+		fmt.Fprintf(w, "%d\n", id)
+	}
+	return 0
+}
+
+// spillHang starts a transaction larger than the page cache, so SQLite
+// writes pages into the database file before COMMIT, prints "ready" and
+// waits to be killed: a hot journal with a half-written database.
+func spillHang(db *sql.DB, w io.Writer) int {
+	if _, err := db.Exec(`PRAGMA cache_size = 2`); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	tx, err := db.Begin()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if _, err := tx.Exec(`UPDATE big SET payload = upper(payload)`); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Fprintln(w, "ready")
+	time.Sleep(time.Minute)
+	return 0
+}

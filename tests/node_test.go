@@ -1,0 +1,354 @@
+package tests
+
+import (
+	"bufio"
+	"bytes"
+	"database/sql"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	_ "github.com/mattn/go-sqlite3"
+
+	"github.com/litefs-project/litefs/checksum"
+	"github.com/litefs-project/litefs/ltx"
+)
+
+// Node is one litefs process with its own mount and data directory.
+type Node struct {
+	t          testing.TB
+	Name       string
+	Dir        string
+	MountDir   string
+	DataDir    string
+	ConfigPath string
+	Bin        string // litefs binary; litefsBin by default
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	logs   bytes.Buffer
+	exited chan struct{}
+	err    error // exit status once exited
+}
+
+// NewNode prepares a node with a config file; extra YAML is appended.
+func NewNode(t testing.TB, extra string) *Node {
+	t.Helper()
+	dir := t.TempDir()
+	n := &Node{t: t, Name: "node1", Dir: dir, MountDir: filepath.Join(dir, "mnt"),
+		DataDir: filepath.Join(dir, "data"), ConfigPath: filepath.Join(dir, "litefs.yml"), Bin: litefsBin}
+	n.WriteConfig(fmt.Sprintf("fuse:\n  dir: %s\ndata:\n  dir: %s\nlease:\n  type: static\n  candidate: true\n  hostname: %s\n%s",
+		n.MountDir, n.DataDir, n.Name, extra))
+	t.Cleanup(func() {
+		n.Stop()
+		_ = exec.Command("fusermount3", "-uz", n.MountDir).Run()
+	})
+	return n
+}
+
+// WriteConfig replaces the node's config file.
+func (n *Node) WriteConfig(yaml string) {
+	n.t.Helper()
+	if err := os.WriteFile(n.ConfigPath, []byte(yaml), 0o644); err != nil {
+		n.t.Fatal(err)
+	}
+}
+
+// StartCmd starts litefs mount without waiting for the mount.
+func (n *Node) StartCmd() {
+	n.t.Helper()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	cmd := exec.Command(n.Bin, "mount", "-config", n.ConfigPath)
+	cmd.Stdout, cmd.Stderr = &lockedWriter{n: n}, &lockedWriter{n: n}
+	if err := cmd.Start(); err != nil {
+		n.t.Fatal(err)
+	}
+	n.cmd, n.exited, n.err = cmd, make(chan struct{}), nil
+	exited := n.exited
+	go func() {
+		err := cmd.Wait()
+		n.mu.Lock()
+		n.err = err
+		n.mu.Unlock()
+		close(exited)
+	}()
+}
+
+type lockedWriter struct{ n *Node }
+
+func (w *lockedWriter) Write(p []byte) (int, error) {
+	w.n.mu.Lock()
+	defer w.n.mu.Unlock()
+	return w.n.logs.Write(p)
+}
+
+// Logs returns everything the process printed so far.
+func (n *Node) Logs() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.logs.String()
+}
+
+// Start starts litefs and waits until the mount is served.
+func (n *Node) Start() {
+	n.t.Helper()
+	n.StartCmd()
+	deadline := time.Now().Add(15 * time.Second)
+	for !isMounted(n.MountDir) {
+		select {
+		case <-n.exited:
+			n.t.Fatalf("litefs exited before mounting: %v\n%s", n.ExitErr(), n.Logs())
+		default:
+		}
+		if time.Now().After(deadline) {
+			n.t.Fatalf("litefs did not mount within 15s\n%s", n.Logs())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// WaitExit waits for the process to exit and returns its exit status.
+func (n *Node) WaitExit(d time.Duration) error {
+	n.t.Helper()
+	select {
+	case <-n.exited:
+		return n.ExitErr()
+	case <-time.After(d):
+		n.t.Fatalf("litefs did not exit within %s\n%s", d, n.Logs())
+		return nil
+	}
+}
+
+// ExitErr returns the exit status of a process that exited.
+func (n *Node) ExitErr() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.err
+}
+
+func (n *Node) running() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd == nil {
+		return false
+	}
+	select {
+	case <-n.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// Stop sends SIGTERM and waits; SIGKILL after 15s.
+func (n *Node) Stop() {
+	if !n.running() {
+		return
+	}
+	_ = n.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-n.exited:
+	case <-time.After(15 * time.Second):
+		n.t.Errorf("litefs did not stop on SIGTERM within 15s; killing it\n%s", n.Logs())
+		n.Kill()
+	}
+}
+
+// Kill sends SIGKILL and waits. The mount is left stale, as after a crash.
+func (n *Node) Kill() {
+	if !n.running() {
+		return
+	}
+	_ = n.cmd.Process.Kill()
+	<-n.exited
+}
+
+// Restart stops the node if running and starts it again.
+func (n *Node) Restart() {
+	n.t.Helper()
+	n.Stop()
+	n.Start()
+}
+
+// Path returns the path of a file in the mount.
+func (n *Node) Path(name string) string { return filepath.Join(n.MountDir, name) }
+
+// Pos reads <db>-pos from the mount.
+func (n *Node) Pos(db string) ltx.Pos {
+	n.t.Helper()
+	b, err := os.ReadFile(n.Path(db + "-pos"))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	pos, err := ltx.ParsePos(string(b))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return pos
+}
+
+// OpenDB opens a database in the mount with go-sqlite3.
+func (n *Node) OpenDB(name, journalMode string) *sql.DB {
+	n.t.Helper()
+	return openDB(n.t, n.Path(name), journalMode)
+}
+
+func openDB(t testing.TB, path, journalMode string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite3", fmt.Sprintf("file:%s?_journal_mode=%s&_busy_timeout=10000&_txlock=immediate", path, journalMode))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// CheckInvariants checks every database in the mount: its -pos checksum
+// equals a full recompute of the file read through the mount, the LTX files
+// hold contiguous TXIDs whose pre-apply checksums chain, and replaying them
+// from the first rebuilds the database byte for byte.
+func (n *Node) CheckInvariants() {
+	n.t.Helper()
+	ents, err := os.ReadDir(n.MountDir)
+	if err != nil {
+		n.t.Fatalf("read mount: %v", err)
+	}
+	for _, ent := range ents {
+		name, ok := strings.CutSuffix(ent.Name(), "-pos")
+		if !ok {
+			continue
+		}
+		pos := n.Pos(name)
+		data, err := os.ReadFile(n.Path(name))
+		if err != nil {
+			n.t.Fatal(err)
+		}
+		if got := recompute(n.t, data); got != pos.Checksum {
+			n.t.Errorf("%s: -pos checksum %s, full recompute %s (txid %s)", name, pos.Checksum, got, pos.TXID)
+		}
+		replay := replayLog(n.t, filepath.Join(n.DataDir, "dbs", name, "ltx"), pos)
+		if replay != nil && !bytes.Equal(replay, data) {
+			n.t.Errorf("%s: replaying the ltx log does not rebuild the database (%d vs %d bytes)", name, len(replay), len(data))
+		}
+	}
+}
+
+// recompute returns the checksum of a whole database image.
+func recompute(t testing.TB, data []byte) checksum.Checksum {
+	t.Helper()
+	if len(data) == 0 {
+		return 0
+	}
+	pageSize := uint32(data[16])<<8 | uint32(data[17])
+	if pageSize == 1 {
+		pageSize = 65536
+	}
+	tbl, err := checksum.Read(bytes.NewReader(data), pageSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tbl.Sum()
+}
+
+// replayLog checks the log in dir ends at pos with contiguous, chained files
+// and, if it starts at TXID 1, returns the database it rebuilds.
+func replayLog(t testing.TB, dir string, pos ltx.Pos) []byte {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		db      []byte
+		prev    ltx.Pos
+		started bool
+	)
+	for i, ent := range ents {
+		d, err := ltx.ReadFile(filepath.Join(dir, ent.Name()))
+		if err != nil {
+			t.Fatalf("ltx file: %v", err)
+		}
+		h := d.Header
+		if i == 0 {
+			started = h.MinTXID == 1
+		} else if h.PreApplyPos() != prev {
+			t.Errorf("%s: pre-apply position %v, previous file ends at %v", ent.Name(), h.PreApplyPos(), prev)
+		}
+		prev = ltx.Pos{TXID: h.MaxTXID, Checksum: d.PostApplyChecksum}
+		if !started {
+			continue
+		}
+		size := int(h.Commit) * int(h.PageSize)
+		if len(db) < size {
+			db = append(db, make([]byte, size-len(db))...)
+		}
+		db = db[:size]
+		for _, p := range d.Pages {
+			copy(db[int(p.Pgno-1)*int(h.PageSize):], p.Data)
+		}
+		if got := recompute(t, db); got != d.PostApplyChecksum {
+			t.Errorf("%s: post-apply checksum %s, replayed database %s", ent.Name(), d.PostApplyChecksum, got)
+		}
+	}
+	if prev != pos {
+		t.Errorf("ltx log in %s ends at %v, -pos says %v", dir, prev, pos)
+	}
+	if !started {
+		return nil
+	}
+	return db
+}
+
+// isMounted reports whether dir is a FUSE mount point.
+func isMounted(dir string) bool {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		fields := strings.Fields(s.Text())
+		if len(fields) > 4 && fields[4] == dir && strings.Contains(s.Text(), "fuse.litefs") {
+			return true
+		}
+	}
+	return false
+}
+
+// sqlite3 runs the sqlite3 CLI as a separate process.
+func sqlite3(t testing.TB, path string, sql string) (string, error) {
+	t.Helper()
+	cmd := exec.Command("sqlite3", "-bail", "-cmd", ".timeout 10000", path, sql)
+	out, err := cmd.CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+// mustSQLite3 runs the sqlite3 CLI and fails the test on error.
+func mustSQLite3(t testing.TB, path string, sql string) string {
+	t.Helper()
+	out, err := sqlite3(t, path, sql)
+	if err != nil {
+		t.Fatalf("sqlite3 %q: %v: %s", sql, err, out)
+	}
+	return out
+}
+
+// waitUntil polls cond every 10ms until it is true or d passes.
+func waitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
