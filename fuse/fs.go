@@ -210,21 +210,65 @@ func (fs *FS) serve() error {
 	}
 }
 
-// cleanStaleMount unmounts a mount at path whose server is gone (the kernel
-// answers ENOTCONN) and creates path if it does not exist.
+// cleanStaleMount unmounts mounts at path whose server is gone (the kernel
+// answers ENOTCONN), however many are stacked there, and creates path if it
+// does not exist. A mount that still answers belongs to a running process
+// and is an error.
 func cleanStaleMount(path string, logger *slog.Logger) error {
-	_, err := os.Stat(path)
-	if errors.Is(err, syscall.ENOTCONN) || errors.Is(err, syscall.ECONNABORTED) {
+	for i := 0; i < 16 && mountedAt(path); i++ {
+		// Reading the directory always reaches the server; a stat can be
+		// answered from the kernel's cache.
+		_, err := os.ReadDir(path)
+		if err == nil {
+			return fmt.Errorf("%s is already mounted and served by a running process: stop it first", path)
+		}
+		if !errors.Is(err, syscall.ENOTCONN) && !errors.Is(err, syscall.ECONNABORTED) {
+			return fmt.Errorf("check existing mount at %s: %w", path, err)
+		}
 		logger.Warn("found a stale mount left by a crashed process; unmounting it", slog.String("path", path))
 		if err := syscall.Unmount(path, syscall.MNT_DETACH); err != nil {
-			if err2 := fuse.Unmount(path); err2 != nil {
-				return fmt.Errorf("unmount stale mount %s: %w (run: fusermount3 -uz %s)", path, err, path)
+			return fmt.Errorf("unmount stale mount %s: %w (run: fusermount3 -uz %s)", path, err, path)
+		}
+	}
+	if _, err := os.Stat(path); os.IsNotExist(err) {
+		return os.MkdirAll(path, 0o755)
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
+// mountedAt reports whether something is mounted at path.
+func mountedAt(path string) bool {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) > 4 && unescapeMountPath(fields[4]) == path {
+			return true
+		}
+	}
+	return false
+}
+
+// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMountPath(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var c byte
+			if _, err := fmt.Sscanf(s[i+1:i+4], "%o", &c); err == nil {
+				b.WriteByte(c)
+				i += 3
+				continue
 			}
 		}
-		_, err = os.Stat(path)
+		b.WriteByte(s[i])
 	}
-	if os.IsNotExist(err) {
-		return os.MkdirAll(path, 0o755)
-	}
-	return err
+	return b.String()
 }

@@ -48,6 +48,7 @@ func NewNode(t testing.TB, extra string) *Node {
 	t.Cleanup(func() {
 		n.Stop()
 		_ = exec.Command("fusermount3", "-uz", n.MountDir).Run()
+		n.dumpLogsOnFailure()
 	})
 	return n
 }
@@ -101,7 +102,7 @@ func (n *Node) Start() {
 	n.t.Helper()
 	n.StartCmd()
 	deadline := time.Now().Add(15 * time.Second)
-	for !isMounted(n.MountDir) {
+	for !n.served() {
 		select {
 		case <-n.exited:
 			n.t.Fatalf("litefs exited before mounting: %v\n%s", n.ExitErr(), n.Logs())
@@ -306,6 +307,18 @@ func replayLog(t testing.TB, dir string, pos ltx.Pos) []byte {
 	return db
 }
 
+// served reports whether the mount is up and answered by a live server (a
+// stale mount left by a killed process answers ENOTCONN).
+func (n *Node) served() bool {
+	if !isMounted(n.MountDir) {
+		return false
+	}
+	// Opening the directory always reaches the server; a stat could be
+	// answered from the kernel's cache.
+	_, err := os.ReadDir(n.MountDir)
+	return err == nil
+}
+
 // isMounted reports whether dir is a FUSE mount point.
 func isMounted(dir string) bool {
 	f, err := os.Open("/proc/self/mountinfo")
@@ -336,6 +349,9 @@ func mustSQLite3(t testing.TB, path string, sql string) string {
 	t.Helper()
 	out, err := sqlite3(t, path, sql)
 	if err != nil {
+		if len(sql) > 200 {
+			sql = sql[:200] + "..."
+		}
 		t.Fatalf("sqlite3 %q: %v: %s", sql, err, out)
 	}
 	return out
@@ -350,5 +366,12 @@ func waitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
 			t.Fatalf("timed out after %s waiting for %s", d, what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// dumpLogsOnFailure prints the node's logs if the test failed.
+func (n *Node) dumpLogsOnFailure() {
+	if n.t.Failed() {
+		n.t.Logf("litefs logs of %s:\n%s", n.Name, n.Logs())
 	}
 }
