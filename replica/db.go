@@ -43,6 +43,8 @@ type DB struct {
 	resized  bool                // truncated since the last commit
 	closed   bool
 	changed  chan struct{} // closed and replaced when pos moves
+
+	onError func(error) // reports failures the store's owner may stop for
 }
 
 // openDB opens the database in dir, recovering from a crash: a hot journal

@@ -28,6 +28,9 @@ func (db *DB) CommitJournal(finalize func() error) error {
 	}
 	if err := db.commit(); err != nil {
 		db.logger.Error("commit failed; the transaction is not acknowledged", slog.Any(LogKeyError, err))
+		if db.onError != nil {
+			db.onError(err)
+		}
 		return err
 	}
 	if finalize == nil {

@@ -48,6 +48,9 @@ type Store struct {
 	RetentionInterval time.Duration
 	// Logger receives the store's logs.
 	Logger *slog.Logger
+	// OnError, if set, is called when a database fails in a way the caller
+	// may want to stop for (a commit that could not be made durable).
+	OnError func(db string, err error)
 
 	mu  sync.Mutex
 	dbs map[string]*DB
@@ -87,7 +90,7 @@ func (s *Store) Open() error {
 		if !ent.IsDir() {
 			continue
 		}
-		db, err := openDB(ent.Name(), filepath.Join(s.DBDir(), ent.Name()), s.Logger)
+		db, err := s.openDB(ent.Name(), filepath.Join(s.DBDir(), ent.Name()))
 		if err != nil {
 			s.closeDBs()
 			return err
@@ -97,6 +100,19 @@ func (s *Store) Open() error {
 	}
 	s.g.Go(s.retentionLoop)
 	return nil
+}
+
+func (s *Store) openDB(name, dir string) (*DB, error) {
+	db, err := openDB(name, dir, s.Logger)
+	if err != nil {
+		return nil, err
+	}
+	db.onError = func(err error) {
+		if s.OnError != nil {
+			s.OnError(name, err)
+		}
+	}
+	return db, nil
 }
 
 // Close stops retention and closes every database. Safe to call twice.
@@ -170,7 +186,7 @@ func (s *Store) CreateDB(name string) (*DB, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	db, err := openDB(name, dir, s.Logger)
+	db, err := s.openDB(name, dir)
 	if err != nil {
 		return nil, err
 	}

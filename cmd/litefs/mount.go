@@ -98,6 +98,15 @@ func (c *MountCommand) Run(ctx context.Context) error {
 	c.Store = replica.NewStore(c.Config.Data.Dir)
 	c.Store.Retention = c.Config.Data.Retention
 	c.Store.Logger = c.Logger
+	fatal := make(chan error, 1)
+	if c.Config.ExitOnError {
+		c.Store.OnError = func(db string, err error) {
+			select {
+			case fatal <- fmt.Errorf("database %q: %w (exit-on-error is set)", db, err):
+			default:
+			}
+		}
+	}
 	if err := c.Store.Open(); err != nil {
 		return fmt.Errorf("open data directory %s: %w%s", c.Config.Data.Dir, err, remedy(err))
 	}
@@ -114,12 +123,14 @@ func (c *MountCommand) Run(ctx context.Context) error {
 	if len(c.Config.Exec) == 0 {
 		select {
 		case <-ctx.Done():
+		case err := <-fatal:
+			return err
 		case sig := <-c.Signals:
 			c.Logger.Info("signal received; unmounting", slog.String("signal", sig.String()))
 		}
 		return nil
 	}
-	return c.runExec(ctx)
+	return c.runExec(ctx, fatal)
 }
 
 // remedy says what an operator can do about a store that will not open.
@@ -137,7 +148,7 @@ func remedy(err error) string {
 
 // runExec runs the configured commands in order; the last keeps running
 // and receives forwarded signals. Its exit ends litefs with its code.
-func (c *MountCommand) runExec(ctx context.Context) error {
+func (c *MountCommand) runExec(ctx context.Context, fatal <-chan error) error {
 	for i, e := range c.Config.Exec {
 		cmd := exec.CommandContext(ctx, "sh", "-c", e.Cmd)
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
@@ -156,6 +167,11 @@ func (c *MountCommand) runExec(ctx context.Context) error {
 				_ = cmd.Process.Signal(sig)
 			case err = <-done:
 				break wait
+			case ferr := <-fatal:
+				c.Logger.Error("stopping the exec command", slog.Any(replica.LogKeyError, ferr))
+				_ = cmd.Process.Signal(syscall.SIGTERM)
+				<-done
+				return ferr
 			}
 		}
 		var exitErr *exec.ExitError
