@@ -107,14 +107,48 @@ func parseName(name string) (string, kind) {
 }
 
 // node is one incarnation of a name: a recreated journal gets a new node so
-// the kernel never mixes its cache with the old file's.
+// the kernel never mixes its cache with the old file's, and a <db>-pos file
+// gets a new node at each position, so its page cache never goes stale.
 type node struct {
 	id      fuse.NodeID
 	name    string
 	kind    kind
 	db      *replica.DB
-	nlookup uint64 // kernel references; the node is dropped at zero once unlinked
-	gone    bool   // unlinked
+	pos     string  // the content of a -pos node: its position when created
+	nlookup uint64  // kernel references; the node is dropped at zero once gone
+	gone    bool    // unlinked or replaced
+
+	mu sync.Mutex
+	f  *os.File // companion files: the real file, opened at first use
+}
+
+// file returns the real file behind a companion node, opening it at first
+// use. The kernel sends no open requests (see FS.open), so one file serves
+// every process; it stays open until the kernel forgets the node.
+func (n *node) file() (*os.File, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.f != nil {
+		return n.f, nil
+	}
+	if n.gone {
+		return nil, syscall.ESTALE // unlinked before first use
+	}
+	f, err := os.OpenFile(n.realPath(), os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	n.f = f
+	return f, nil
+}
+
+func (n *node) closeFile() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.f != nil {
+		_ = n.f.Close()
+		n.f = nil
+	}
 }
 
 // realPath returns the file in the data directory behind a companion file.
@@ -131,11 +165,9 @@ func (n *node) realPath() string {
 	}
 }
 
-// handle is an open file or directory.
+// handle is an open directory: its listing, fixed at open.
 type handle struct {
-	node *node
-	f    *os.File // companion files only
-	dir  []byte   // directory listing, fixed at open
+	dir []byte
 }
 
 // Mount mounts the filesystem and serves it in the background. A stale
@@ -198,16 +230,34 @@ func (fs *FS) Unmount() error {
 	return err
 }
 
+// readers is how many goroutines read and serve requests. Each serves its
+// request itself rather than handing it to another goroutine, which saves a
+// wake-up on every round trip; several keep slow requests (fsync, commit)
+// from holding up the others.
+const readers = 8
+
 func (fs *FS) serve() error {
-	for {
-		req, err := fs.conn.ReadRequest()
-		if errors.Is(err, io.EOF) {
-			return nil
-		} else if err != nil {
-			return fmt.Errorf("read fuse request: %w", err)
-		}
-		go fs.handle(req)
+	var g errgroup.Group
+	for i := 0; i < readers; i++ {
+		g.Go(func() error {
+			for {
+				req, err := fs.conn.ReadRequest()
+				if errors.Is(err, io.EOF) {
+					return nil
+				} else if err != nil {
+					return fmt.Errorf("read fuse request: %w", err)
+				}
+				fs.handle(req)
+			}
+		})
 	}
+	err := g.Wait()
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	for _, n := range fs.nodes {
+		n.closeFile()
+	}
+	return err
 }
 
 // cleanStaleMount unmounts mounts at path whose server is gone (the kernel

@@ -34,7 +34,9 @@ func (fs *FS) handle(req fuse.Request) {
 	case *fuse.WriteRequest:
 		fs.write(r)
 	case *fuse.FlushRequest:
-		r.Respond()
+		// Nothing to flush: writes reach the real file before they return.
+		// ENOSYS makes the kernel stop sending flushes on close.
+		r.RespondError(fuse.ENOSYS)
 	case *fuse.ReleaseRequest:
 		fs.release(r)
 	case *fuse.FsyncRequest:
@@ -109,15 +111,21 @@ func (fs *FS) errno(op string, n *node, err error) error {
 // resolve returns the live node for name, creating it if the name exists.
 // fs.mu must be held.
 func (fs *FS) resolve(name string) *node {
-	if n := fs.names[name]; n != nil {
-		return n
-	}
 	base, k := parseName(name)
+	if n := fs.names[name]; n != nil {
+		if k != kindPos || n.pos == posContent(n.db) {
+			return n
+		}
+		fs.unlink(name) // the position moved: a new node shows the new one
+	}
 	db := fs.Store.DB(base)
 	if db == nil {
 		return nil
 	}
 	n := &node{name: name, kind: k, db: db}
+	if k == kindPos {
+		n.pos = posContent(db)
+	}
 	if k == kindJournal || k == kindWAL || k == kindSHM {
 		if _, err := os.Lstat(n.realPath()); err != nil {
 			return nil
@@ -142,6 +150,7 @@ func (fs *FS) unlink(name string) {
 		delete(fs.names, name)
 		if n.nlookup == 0 {
 			delete(fs.nodes, n.id)
+			n.closeFile()
 		}
 	}
 }
@@ -160,6 +169,7 @@ func (fs *FS) forget(id fuse.NodeID, count uint64) {
 	}
 	if n.nlookup == 0 && n.gone {
 		delete(fs.nodes, id)
+		n.closeFile()
 	}
 }
 
@@ -174,7 +184,7 @@ func (fs *FS) attr(n *node) (fuse.Attr, error) {
 	a := fuse.Attr{Inode: uint64(n.id), Nlink: 1, Mode: 0o644, Valid: fs.CacheTTL, BlockSize: 4096}
 	switch n.kind {
 	case kindPos:
-		a.Mode, a.Size, a.Valid = 0o444, uint64(len(posContent(n.db))), 0
+		a.Mode, a.Size, a.Valid = 0o444, uint64(len(n.pos)), 0
 		a.Mtime = time.Now()
 		return a, nil
 	}
@@ -287,34 +297,18 @@ func (fs *FS) truncate(n *node, size int64) error {
 	return os.Truncate(n.realPath(), size)
 }
 
+// open answers ENOSYS for files: the kernel then treats every later open
+// of a file as done, sends no open or release requests, and keeps the page
+// cache across opens. SQLite opens a journal for every transaction in
+// DELETE mode and to check for a hot journal before every read in PERSIST
+// mode, so this takes round trips off both paths. Reads and writes name
+// the node; companion files share one real file per node.
 func (fs *FS) open(r *fuse.OpenRequest) {
 	if r.Node == fuse.RootID {
 		fs.openDir(r)
 		return
 	}
-	n := fs.node(r.Node)
-	if n == nil {
-		r.RespondError(fuse.ENOENT)
-		return
-	}
-	h := &handle{node: n}
-	flags := fuse.OpenKeepCache
-	switch n.kind {
-	case kindPos:
-		if !r.Flags.IsReadOnly() {
-			r.RespondError(fuse.Errno(syscall.EPERM))
-			return
-		}
-		flags = fuse.OpenDirectIO
-	case kindJournal, kindWAL, kindSHM:
-		f, err := os.OpenFile(n.realPath(), os.O_RDWR, 0)
-		if err != nil {
-			r.RespondError(fs.errno("open "+n.name, n, err))
-			return
-		}
-		h.f = f
-	}
-	r.Respond(&fuse.OpenResponse{Handle: fs.addHandle(h), Flags: flags})
+	r.RespondError(fuse.ENOSYS)
 }
 
 func (fs *FS) openDir(r *fuse.OpenRequest) {
@@ -372,25 +366,14 @@ func (fs *FS) create(r *fuse.CreateRequest) {
 			return
 		}
 	}
-	h := &handle{node: n}
-	if k != kindDB {
-		f, err := os.OpenFile(n.realPath(), os.O_RDWR, 0)
-		if err != nil {
-			r.RespondError(fs.errno("open "+n.name, n, err))
-			return
-		}
-		h.f = f
-	}
 	if r.Flags&fuse.OpenTruncate != 0 {
 		if err := fs.truncate(n, 0); err != nil {
-			h.close()
 			r.RespondError(fs.errno("truncate "+n.name, n, err))
 			return
 		}
 	}
 	a, err := fs.attr(n)
 	if err != nil {
-		h.close()
 		r.RespondError(fs.errno("create", n, err))
 		return
 	}
@@ -399,7 +382,7 @@ func (fs *FS) create(r *fuse.CreateRequest) {
 	fs.mu.Unlock()
 	r.Respond(&fuse.CreateResponse{
 		LookupResponse: fuse.LookupResponse{Node: n.id, EntryValid: fs.CacheTTL, Attr: a},
-		OpenResponse:   fuse.OpenResponse{Handle: fs.addHandle(h), Flags: fuse.OpenKeepCache},
+		OpenResponse:   fuse.OpenResponse{Flags: fuse.OpenKeepCache},
 	})
 }
 
@@ -446,21 +429,25 @@ func (fs *FS) markDirDirty(dir string) {
 }
 
 func (fs *FS) read(r *fuse.ReadRequest) {
-	h := fs.handleOf(r.Handle)
-	if h == nil {
-		r.RespondError(fuse.Errno(syscall.EBADF))
-		return
-	}
 	if r.Dir {
+		h := fs.handleOf(r.Handle)
+		if h == nil {
+			r.RespondError(fuse.Errno(syscall.EBADF))
+			return
+		}
 		resp := &fuse.ReadResponse{Data: make([]byte, 0, r.Size)}
 		fuseutil.HandleRead(r, resp, h.dir)
 		r.Respond(resp)
 		return
 	}
-	n := h.node
+	n := fs.node(r.Node)
+	if n == nil {
+		r.RespondError(fuse.Errno(syscall.ESTALE))
+		return
+	}
 	if n.kind == kindPos {
 		resp := &fuse.ReadResponse{Data: make([]byte, 0, r.Size)}
-		fuseutil.HandleRead(r, resp, []byte(posContent(n.db)))
+		fuseutil.HandleRead(r, resp, []byte(n.pos))
 		r.Respond(resp)
 		return
 	}
@@ -472,7 +459,10 @@ func (fs *FS) read(r *fuse.ReadRequest) {
 	if n.kind == kindDB {
 		nr, err = n.db.ReadAt(buf, r.Offset)
 	} else {
-		nr, err = h.f.ReadAt(buf, r.Offset)
+		var f *os.File
+		if f, err = n.file(); err == nil {
+			nr, err = f.ReadAt(buf, r.Offset)
+		}
 	}
 	if err != nil && !errors.Is(err, io.EOF) {
 		r.RespondError(fs.errno("read "+n.name, n, err))
@@ -482,16 +472,22 @@ func (fs *FS) read(r *fuse.ReadRequest) {
 }
 
 func (fs *FS) write(r *fuse.WriteRequest) {
-	h := fs.handleOf(r.Handle)
-	if h == nil || h.node == nil {
-		r.RespondError(fuse.Errno(syscall.EBADF))
+	n := fs.node(r.Node)
+	if n == nil {
+		r.RespondError(fuse.Errno(syscall.ESTALE))
 		return
 	}
-	n := h.node
 	var (
 		nw  int
 		err error
 	)
+	var f *os.File
+	if n.kind != kindDB && n.kind != kindPos {
+		if f, err = n.file(); err != nil {
+			r.RespondError(fs.errno("write "+n.name, n, err))
+			return
+		}
+	}
 	switch n.kind {
 	case kindPos:
 		err = syscall.EPERM
@@ -504,14 +500,14 @@ func (fs *FS) write(r *fuse.WriteRequest) {
 			// is pending and CommitJournal only performs the write.
 			err = n.db.CommitJournal(func() error {
 				var werr error
-				nw, werr = h.f.WriteAt(r.Data, r.Offset)
+				nw, werr = f.WriteAt(r.Data, r.Offset)
 				return werr
 			})
 		} else {
-			nw, err = h.f.WriteAt(r.Data, r.Offset)
+			nw, err = f.WriteAt(r.Data, r.Offset)
 		}
 	default:
-		nw, err = h.f.WriteAt(r.Data, r.Offset)
+		nw, err = f.WriteAt(r.Data, r.Offset)
 	}
 	if err != nil {
 		r.RespondError(fs.errno("write "+n.name, n, err))
@@ -530,20 +526,11 @@ func isJournalHeaderZeroed(p []byte, off int64) bool {
 }
 
 func (fs *FS) release(r *fuse.ReleaseRequest) {
+	// Directory handles hold their listing; created files hold nothing.
 	fs.mu.Lock()
-	h := fs.handles[r.Handle]
 	delete(fs.handles, r.Handle)
 	fs.mu.Unlock()
-	if h != nil {
-		h.close()
-	}
 	r.Respond()
-}
-
-func (h *handle) close() {
-	if h.f != nil {
-		_ = h.f.Close()
-	}
 }
 
 func (fs *FS) fsync(r *fuse.FsyncRequest) {
@@ -555,23 +542,29 @@ func (fs *FS) fsync(r *fuse.FsyncRequest) {
 		r.Respond()
 		return
 	}
-	h := fs.handleOf(r.Handle)
-	if h == nil || h.node == nil {
-		r.RespondError(fuse.Errno(syscall.EBADF))
+	n := fs.node(r.Node)
+	if n == nil {
+		r.RespondError(fuse.Errno(syscall.ESTALE))
 		return
 	}
 	datasync := r.Flags&1 != 0
 	var err error
-	switch {
-	case h.node.kind == kindDB:
-		err = h.node.db.Sync(datasync)
-	case h.f != nil && datasync:
-		err = unix.Fdatasync(int(h.f.Fd()))
-	case h.f != nil:
-		err = h.f.Sync()
+	switch n.kind {
+	case kindPos:
+	case kindDB:
+		err = n.db.Sync(datasync)
+	default:
+		var f *os.File
+		if f, err = n.file(); err == nil {
+			if datasync {
+				err = unix.Fdatasync(int(f.Fd()))
+			} else {
+				err = f.Sync()
+			}
+		}
 	}
 	if err != nil {
-		r.RespondError(fs.errno("fsync "+h.node.name, h.node, err))
+		r.RespondError(fs.errno("fsync "+n.name, n, err))
 		return
 	}
 	r.Respond()

@@ -2,14 +2,11 @@ package ltx
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	sltx "github.com/superfly/ltx"
-	"golang.org/x/sys/unix"
 
 	"github.com/litefs-project/litefs/checksum"
 )
@@ -135,9 +132,12 @@ func readFile(path string, keep bool) (*Decoded, error) {
 	return d, nil
 }
 
-// WriteFile writes an LTX file to path durably: it writes a temporary file
-// beside it, syncs it, renames it into place and syncs the directory, so a
-// crash leaves either the whole file or none of it.
+// WriteFile writes an LTX file to path durably and returns once it is on
+// disk: it creates the file (which must not exist), writes it in one call
+// and syncs it. One sync makes both the data and the new directory entry
+// durable on journaling filesystems (ext4, xfs, btrfs), where syncing a new
+// file commits the transaction that created it. A crash before the sync
+// returns can leave a torn file; Log finds it at open (see OpenLog).
 func WriteFile(path string, hdr Header, pages []Page, post checksum.Checksum) error {
 	var buf bytes.Buffer
 	if err := Encode(&buf, hdr, pages, post); err != nil {
@@ -146,46 +146,27 @@ func WriteFile(path string, hdr Header, pages []Page, post checksum.Checksum) er
 	return writeFileDurable(path, buf.Bytes())
 }
 
-// tmpSuffix marks files that a crash may leave half-written; Log removes them.
+// tmpSuffix marks temporary files, which Log removes at open.
 const tmpSuffix = ".tmp"
 
 func writeFileDurable(path string, data []byte) (err error) {
-	tmp := path + tmpSuffix
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return err
 	}
 	defer func() {
 		if err != nil {
 			_ = f.Close()
-			_ = os.Remove(tmp)
+			_ = os.Remove(path)
 		}
 	}()
 	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", tmp, err)
+		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if err := unix.Fdatasync(int(f.Fd())); err != nil {
-		return fmt.Errorf("sync %s: %w", tmp, err)
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", path, err)
 	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, unix.EINVAL) {
-		return fmt.Errorf("sync dir %s: %w", dir, err)
-	}
-	return nil
+	return f.Close()
 }
 
 // FormatFilename returns the file name of an LTX file holding min..max.

@@ -31,11 +31,15 @@ type Log struct {
 	last  Header     // header of the last file
 }
 
-// OpenLog opens the log in dir, creating dir if needed. It removes files a
-// crash left half-written, checks that file names are contiguous, and
-// verifies the newest file end to end; a file that fails returns an error
-// naming it (a *CorruptError for a damaged file). Nothing is modified on
-// error except the removal of temporary files.
+// OpenLog opens the log in dir, creating dir if needed. It removes
+// temporary files, checks that file names are contiguous, and verifies the
+// newest file end to end. Nothing else is modified.
+//
+// If the newest file fails verification, OpenLog returns a *CorruptError
+// naming it together with a Log that ends before it, so the caller can tell
+// a torn write (a crash before the file's sync returned: the transaction was
+// never acknowledged, see Log.Discard) from damage to a committed file.
+// Any other failure returns a nil Log.
 func OpenLog(dir string) (*Log, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -70,20 +74,45 @@ func OpenLog(dir string) (*Log, error) {
 				FormatFilename(cur.MinTXID, cur.MaxTXID), FormatFilename(prev.MinTXID, prev.MaxTXID))
 		}
 	}
-	if n := len(l.files); n > 0 {
-		f := l.files[n-1]
-		d, err := VerifyFile(l.Path(f.MinTXID, f.MaxTXID))
-		if err != nil {
-			return nil, err
+	if len(l.files) == 0 {
+		return l, nil
+	}
+	newest := l.files[len(l.files)-1]
+	if err := l.setPosFrom(newest); err != nil {
+		l.files = l.files[:len(l.files)-1]
+		if len(l.files) > 0 {
+			if err := l.setPosFrom(l.files[len(l.files)-1]); err != nil {
+				return nil, err
+			}
 		}
-		if d.Header.MinTXID != f.MinTXID || d.Header.MaxTXID != f.MaxTXID {
-			return nil, &CorruptError{Path: l.Path(f.MinTXID, f.MaxTXID),
-				Err: fmt.Errorf("header holds %s-%s, name says otherwise", d.Header.MinTXID, d.Header.MaxTXID)}
-		}
-		l.last = d.Header
-		l.pos = Pos{TXID: f.MaxTXID, Checksum: d.PostApplyChecksum}
+		return l, err
 	}
 	return l, nil
+}
+
+// setPosFrom verifies f and sets the log's position to its end.
+func (l *Log) setPosFrom(f FileInfo) error {
+	path := l.Path(f.MinTXID, f.MaxTXID)
+	d, err := VerifyFile(path)
+	if err != nil {
+		return err
+	}
+	if d.Header.MinTXID != f.MinTXID || d.Header.MaxTXID != f.MaxTXID {
+		return &CorruptError{Path: path,
+			Err: fmt.Errorf("header holds %s-%s, name says otherwise", d.Header.MinTXID, d.Header.MaxTXID)}
+	}
+	l.last = d.Header
+	l.pos = Pos{TXID: f.MaxTXID, Checksum: d.PostApplyChecksum}
+	return nil
+}
+
+// Discard removes a file that OpenLog reported as the newest and failed,
+// once the caller has established it was a torn write.
+func (l *Log) Discard(path string) error {
+	if filepath.Dir(path) != l.dir {
+		return fmt.Errorf("discard %s: not in %s", path, l.dir)
+	}
+	return os.Remove(path)
 }
 
 // Dir returns the directory holding the log.

@@ -39,6 +39,7 @@ func TestLog_AppendReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 	pre := tbl.Sum()
+	d1Post := pre
 	tbl.Set(2, page(3, 512))
 	next := ltx.Header{PageSize: 512, Commit: 2, MinTXID: 2, MaxTXID: 2, PreApplyChecksum: pre}
 	if err := l.Append(next, []ltx.Page{{2, page(3, 512)}}, tbl.Sum()); err != nil {
@@ -73,10 +74,14 @@ func TestLog_AppendReopen(t *testing.T) {
 		if err := os.WriteFile(path, b, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		_, err := ltx.OpenLog(dir)
+		l, err := ltx.OpenLog(dir)
 		var ce *ltx.CorruptError
 		if !errors.As(err, &ce) || !errors.Is(err, ltx.ErrCorrupt) || ce.Path != path {
 			t.Fatalf("want CorruptError naming %s, got %v", path, err)
+		}
+		// The log returned with the error ends before the damaged file.
+		if l == nil || l.Pos() != (ltx.Pos{TXID: 1, Checksum: d1Post}) {
+			t.Fatalf("log beside the error: %v", l)
 		}
 		after, _ := os.ReadFile(path)
 		if !bytes.Equal(after, b) {

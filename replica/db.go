@@ -58,7 +58,12 @@ func openDB(name, dir string, logger *slog.Logger) (_ *DB, err error) {
 		dirty:   make(map[uint32]struct{}),
 		changed: make(chan struct{}),
 	}
-	if db.log, err = ltx.OpenLog(filepath.Join(dir, LTXDir)); err != nil {
+	// A newest LTX file that fails verification is either torn (a crash
+	// before its sync returned, so never acknowledged) or damaged; recover
+	// tells which. Any other failure stops here.
+	var torn *ltx.CorruptError
+	db.log, err = ltx.OpenLog(filepath.Join(dir, LTXDir))
+	if err != nil && (db.log == nil || !errors.As(err, &torn)) {
 		return nil, fmt.Errorf("open ltx log of %q: %w", name, err)
 	}
 	if db.f, err = os.OpenFile(db.path(DatabaseFile), os.O_RDWR|os.O_CREATE, 0o644); err != nil {
@@ -70,7 +75,21 @@ func openDB(name, dir string, logger *slog.Logger) (_ *DB, err error) {
 		}
 	}()
 	if err := db.recover(); err != nil {
+		if torn != nil {
+			// The file does not match the log without the failed file
+			// either: that file held a committed transaction.
+			return nil, fmt.Errorf("open ltx log of %q: %w", name, torn)
+		}
 		return nil, err
+	}
+	if torn != nil {
+		// The database matches the log without the failed file, so its
+		// transaction never finished: the file is a torn write.
+		db.logger.Warn("removing a torn ltx file left by a crash; its transaction was never acknowledged",
+			slog.String(LogKeyPath, torn.Path), slog.Any(LogKeyError, torn.Err))
+		if err := db.log.Discard(torn.Path); err != nil {
+			return nil, err
+		}
 	}
 	return db, nil
 }

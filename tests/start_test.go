@@ -162,3 +162,42 @@ func TestStart_Exec(t *testing.T) {
 	}
 	n.CheckInvariants()
 }
+
+// TestStart_TornLTX leaves a half-written newest LTX file whose transaction
+// never reached the database, as a crash before the file's sync returned
+// does: litefs removes it, says so, and serves the previous position.
+func TestStart_TornLTX(t *testing.T) {
+	n := stoppedNodeWithData(t)
+	dbPath := filepath.Join(n.DataDir, "dbs", "app.db", "database")
+	before, _ := os.ReadFile(dbPath)
+	n.Start()
+	pos := n.Pos("app.db")
+	mustSQLite3(t, n.Path("app.db"), "INSERT INTO t VALUES (3);")
+	n.Stop()
+
+	ltxDir := filepath.Join(n.DataDir, "dbs", "app.db", "ltx")
+	ents, _ := os.ReadDir(ltxDir)
+	last := filepath.Join(ltxDir, ents[len(ents)-1].Name())
+	b, _ := os.ReadFile(last)
+	if err := os.WriteFile(last, b[:len(b)/2], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dbPath, before, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	n.Start()
+	if got := n.Pos("app.db"); got != pos {
+		t.Fatalf("position %v, want %v", got, pos)
+	}
+	if _, err := os.Stat(last); !os.IsNotExist(err) {
+		t.Fatalf("torn file still there: %v", err)
+	}
+	if !strings.Contains(n.Logs(), "removing a torn ltx file") {
+		t.Fatalf("no log line:\n%s", n.Logs())
+	}
+	mustSQLite3(t, n.Path("app.db"), "INSERT INTO t VALUES (4);")
+	if got := mustSQLite3(t, n.Path("app.db"), "SELECT group_concat(x) FROM t"); got != "1,2,4" {
+		t.Fatalf("rows %q", got)
+	}
+	n.CheckInvariants()
+}

@@ -1,0 +1,94 @@
+package tests
+
+import (
+	"database/sql"
+	"math/rand"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// The single-node benchmarks run the same workload through a litefs mount
+// and on a plain directory of the same disk, in the same run:
+//
+//	go test ./tests -run '^$' -bench . -benchtime 3s
+//
+// Compare litefs/plain per journal mode; DESIGN.md has the targets.
+
+// benchTarget returns a database path through a fresh litefs mount
+// ("litefs") or in a plain temp directory ("plain").
+func benchTarget(b *testing.B, target string) string {
+	b.Helper()
+	if target == "plain" {
+		return filepath.Join(b.TempDir(), "bench.db")
+	}
+	bin, err := buildLitefs(false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	n := NewNode(b, "")
+	n.Bin = bin
+	n.Start()
+	return n.Path("bench.db")
+}
+
+func benchDB(b *testing.B, target, mode string) *sql.DB {
+	b.Helper()
+	db := openDB(b, benchTarget(b, target), mode)
+	db.SetMaxOpenConns(1)
+	if _, err := db.Exec(`CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)`); err != nil {
+		b.Fatal(err)
+	}
+	return db
+}
+
+var benchModes = []string{"DELETE", "TRUNCATE", "PERSIST"}
+
+// BenchmarkWriteTx: one single-row INSERT per write transaction.
+func BenchmarkWriteTx(b *testing.B) {
+	for _, mode := range benchModes {
+		for _, target := range []string{"plain", "litefs"} {
+			b.Run(mode+"/"+target, func(b *testing.B) {
+				db := benchDB(b, target, mode)
+				v := strings.Repeat("x", 100)
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					if _, err := db.Exec(`INSERT INTO t (v) VALUES (?)`, v); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tx/s")
+			})
+		}
+	}
+}
+
+// BenchmarkPointRead: one SELECT by primary key per autocommit transaction.
+func BenchmarkPointRead(b *testing.B) {
+	const rows = 10000
+	for _, mode := range benchModes {
+		for _, target := range []string{"plain", "litefs"} {
+			b.Run(mode+"/"+target, func(b *testing.B) {
+				db := benchDB(b, target, mode)
+				if _, err := db.Exec(`WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < ?)
+					INSERT INTO t (v) SELECT hex(randomblob(50)) FROM s`, rows); err != nil {
+					b.Fatal(err)
+				}
+				stmt, err := db.Prepare(`SELECT v FROM t WHERE id = ?`)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer stmt.Close()
+				rng := rand.New(rand.NewSource(1))
+				var v string
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					if err := stmt.QueryRow(rng.Intn(rows) + 1).Scan(&v); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tx/s")
+			})
+		}
+	}
+}
