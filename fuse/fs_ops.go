@@ -293,6 +293,12 @@ func (fs *FS) truncate(n *node, size int64) error {
 		if size == 0 { // TRUNCATE mode ends a transaction this way
 			return n.db.CommitJournal(func() error { return os.Truncate(n.realPath(), 0) })
 		}
+	case kindWAL:
+		if err := os.Truncate(n.realPath(), size); err != nil {
+			return err
+		}
+		n.db.WALTruncated(size)
+		return nil
 	}
 	return os.Truncate(n.realPath(), size)
 }
@@ -506,6 +512,12 @@ func (fs *FS) write(r *fuse.WriteRequest) {
 		} else {
 			nw, err = f.WriteAt(r.Data, r.Offset)
 		}
+	case kindWAL:
+		// A write that completes a commit frame becomes an LTX file
+		// before it returns, so before SQLite publishes the commit.
+		if nw, err = f.WriteAt(r.Data, r.Offset); err == nil {
+			err = n.db.WALWritten(f, r.Offset, nw)
+		}
 	default:
 		nw, err = f.WriteAt(r.Data, r.Offset)
 	}
@@ -627,6 +639,10 @@ func (fs *FS) remove(r *fuse.RemoveRequest) {
 		}
 	case kindJournal: // DELETE mode ends a transaction this way
 		err = n.db.CommitJournal(func() error { return os.Remove(n.realPath()) })
+	case kindWAL:
+		if err = os.Remove(n.realPath()); err == nil {
+			n.db.WALRemoved()
+		}
 	default:
 		err = os.Remove(n.realPath())
 	}

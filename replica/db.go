@@ -45,6 +45,8 @@ type DB struct {
 	changed  chan struct{} // closed and replaced when pos moves
 
 	onError func(error) // reports failures the store's owner may stop for
+
+	wal walState
 }
 
 // openDB opens the database in dir, recovering from a crash: a hot journal
@@ -106,6 +108,18 @@ func (db *DB) recover() error {
 	tbl, err := db.recompute(pageSize)
 	if err != nil {
 		return err
+	}
+	// The WAL index is rebuilt by SQLite from the WAL; no process can have
+	// it open while the mount is down, and a stale one must not survive a
+	// WAL that recovery cuts.
+	if err := os.Remove(db.SHMPath()); err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	if tbl, err = db.recoverWAL(tbl, pageSize); err != nil {
+		return fmt.Errorf("database %q: recover wal: %w", db.name, err)
+	}
+	if pageSize == 0 {
+		pageSize = tbl.PageSize()
 	}
 	if tbl.Sum() != db.pos.Checksum {
 		j, err := readHotJournal(db.path(JournalFile), pageSize)

@@ -1,7 +1,9 @@
 package replica
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sort"
 	"time"
@@ -39,8 +41,8 @@ func (db *DB) CommitJournal(finalize func() error) error {
 	return finalize()
 }
 
-// commit turns the pages written since the last commit into an LTX file.
-// db.mu must be held.
+// commit turns the pages written to the database file since the last
+// commit into an LTX file. db.mu must be held.
 func (db *DB) commit() error {
 	if len(db.dirty) == 0 && !db.resized {
 		return nil
@@ -59,33 +61,56 @@ func (db *DB) commit() error {
 	if size%int64(db.pageSize) != 0 {
 		return fmt.Errorf("database %q: size %d is not a whole number of %d-byte pages", db.name, size, db.pageSize)
 	}
-	pageN := uint32(size / int64(db.pageSize))
+	pgnos := make([]uint32, 0, len(db.dirty))
+	for pgno := range db.dirty {
+		pgnos = append(pgnos, pgno)
+	}
+	if err := db.commitTxn(uint32(size/int64(db.pageSize)), pgnos, db.readDBPage); err != nil {
+		return err
+	}
+	db.resetDirty()
+	return nil
+}
+
+func (db *DB) readDBPage(pgno uint32, buf []byte) error {
+	_, err := db.f.ReadAt(buf, int64(pgno-1)*int64(db.pageSize))
+	if errors.Is(err, io.EOF) {
+		clear(buf) // beyond the end of the file: a page never written
+		return nil
+	}
+	return err
+}
+
+// commitTxn writes one LTX file for a transaction that leaves the database
+// at pageN pages and may have changed the pages in written; read returns
+// a page's new contents. Pages that read as they were are left out, pages
+// that appeared at the end are added, and the first transaction holds
+// every page (a snapshot). A transaction that changed nothing (a rollback)
+// writes nothing. db.mu must be held.
+func (db *DB) commitTxn(pageN uint32, written []uint32, read func(pgno uint32, buf []byte) error) error {
 	oldN := db.chk.PageN()
 	snapshot := db.pos.TXID == 0
-
-	// The pages to look at: those written, those that appeared at the end,
-	// or every page for the first transaction (a snapshot).
-	pgnos := make([]uint32, 0, len(db.dirty))
 	lock := checksum.LockPgno(db.pageSize)
-	if snapshot {
-		for pgno := uint32(1); pgno <= pageN; pgno++ {
-			if pgno != lock {
-				pgnos = append(pgnos, pgno)
-			}
+
+	candidates := make(map[uint32]struct{}, len(written))
+	for _, pgno := range written {
+		if pgno <= pageN && pgno <= oldN {
+			candidates[pgno] = struct{}{}
 		}
-	} else {
-		for pgno := range db.dirty {
-			if pgno <= pageN && pgno <= oldN && pgno != lock {
-				pgnos = append(pgnos, pgno)
-			}
-		}
-		for pgno := oldN + 1; pgno <= pageN; pgno++ {
-			if pgno != lock {
-				pgnos = append(pgnos, pgno)
-			}
-		}
-		sort.Slice(pgnos, func(i, j int) bool { return pgnos[i] < pgnos[j] })
 	}
+	from := oldN + 1
+	if snapshot {
+		from = 1
+	}
+	for pgno := from; pgno <= pageN; pgno++ {
+		candidates[pgno] = struct{}{}
+	}
+	delete(candidates, lock)
+	pgnos := make([]uint32, 0, len(candidates))
+	for pgno := range candidates {
+		pgnos = append(pgnos, pgno)
+	}
+	sort.Slice(pgnos, func(i, j int) bool { return pgnos[i] < pgnos[j] })
 
 	var (
 		pages []ltx.Page
@@ -93,7 +118,7 @@ func (db *DB) commit() error {
 	)
 	for _, pgno := range pgnos {
 		data := make([]byte, db.pageSize)
-		if _, err := db.f.ReadAt(data, int64(pgno-1)*int64(db.pageSize)); err != nil {
+		if err := read(pgno, data); err != nil {
 			return fmt.Errorf("read page %d: %w", pgno, err)
 		}
 		sum := checksum.Page(pgno, data)
@@ -104,11 +129,10 @@ func (db *DB) commit() error {
 		sums = append(sums, checksum.PageSum{Pgno: pgno, Sum: sum})
 	}
 	if len(pages) == 0 && pageN == oldN {
-		db.resetDirty() // a rollback: nothing changed
-		return nil
+		return nil // nothing changed
 	}
 	if pageN == 0 {
-		return fmt.Errorf("database %q: a transaction emptied the database file", db.name)
+		return fmt.Errorf("database %q: a transaction emptied the database", db.name)
 	}
 
 	post := db.chk.Peek(pageN, sums)
@@ -128,7 +152,6 @@ func (db *DB) commit() error {
 	}
 	db.chk.Apply(pageN, sums)
 	db.pos = ltx.Pos{TXID: txid, Checksum: post}
-	db.resetDirty()
 	close(db.changed)
 	db.changed = make(chan struct{})
 	db.logger.Debug("commit", slog.String(LogKeyTXID, txid.String()), slog.Int("pages", len(pages)),

@@ -14,8 +14,8 @@ import (
 	"github.com/litefs-project/litefs/ltx"
 )
 
-// journalModes are the rollback journal modes every test runs in.
-var journalModes = []string{"DELETE", "TRUNCATE", "PERSIST"}
+// journalModes are the journal modes every test runs in.
+var journalModes = []string{"DELETE", "TRUNCATE", "PERSIST", "WAL"}
 
 // startNode starts a node and checks its invariants when the test ends.
 func startNode(t *testing.T) *Node {
@@ -40,24 +40,27 @@ func TestMount_Commit(t *testing.T) {
 				if _, err := db.Exec(`CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)`); err != nil {
 					t.Fatal(err)
 				}
+				// Turning WAL on in a new database is a transaction of its own.
+				base := n.Pos("app.db").TXID
 				for i := 1; i <= inserts; i++ {
 					if _, err := db.Exec(`INSERT INTO t (v) VALUES (?)`, strings.Repeat("v", i*100)); err != nil {
 						t.Fatal(err)
 					}
-					if got := n.Pos("app.db").TXID; got != ltx.TXID(i+1) {
-						t.Fatalf("after insert %d: txid %d, want %d", i, got, i+1)
+					if got := n.Pos("app.db").TXID; got != base+ltx.TXID(i) {
+						t.Fatalf("after insert %d: txid %d, want %d", i, got, base+ltx.TXID(i))
 					}
 				}
-				checkCommitted(t, n, "app.db", inserts+1, inserts)
+				checkCommitted(t, n, "app.db", int(base)+inserts, inserts)
 			})
 			t.Run("CLI", func(t *testing.T) {
 				n := startNode(t)
 				path := n.Path("app.db")
 				mustSQLite3(t, path, fmt.Sprintf("PRAGMA journal_mode=%s; CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);", mode))
+				base := int(n.Pos("app.db").TXID)
 				for i := 1; i <= inserts; i++ {
 					mustSQLite3(t, path, fmt.Sprintf("PRAGMA journal_mode=%s; INSERT INTO t (v) VALUES (printf('%%.*c', %d, 'v'));", mode, i*100))
 				}
-				checkCommitted(t, n, "app.db", inserts+1, inserts)
+				checkCommitted(t, n, "app.db", base+inserts, inserts)
 				if got := mustSQLite3(t, path, "PRAGMA integrity_check"); got != "ok" {
 					t.Fatalf("integrity_check: %s", got)
 				}
