@@ -114,9 +114,9 @@ type node struct {
 	name    string
 	kind    kind
 	db      *replica.DB
-	pos     string  // the content of a -pos node: its position when created
-	nlookup uint64  // kernel references; the node is dropped at zero once gone
-	gone    bool    // unlinked or replaced
+	pos     string // the content of a -pos node: its position when created
+	nlookup uint64 // kernel references; the node is dropped at zero once gone
+	gone    bool   // unlinked or replaced
 
 	mu sync.Mutex
 	f  *os.File // companion files: the real file, opened at first use

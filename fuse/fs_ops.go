@@ -91,7 +91,7 @@ func (fs *FS) errno(op string, n *node, err error) error {
 	case errors.Is(err, replica.ErrDatabaseExists):
 		return fuse.EEXIST
 	case errors.Is(err, replica.ErrInvalidName):
-		fs.Logger.Warn(op+": "+err.Error()+"; database names may not start with '.' or end in -journal, -wal, -shm or -pos")
+		fs.Logger.Warn(op + ": " + err.Error() + "; database names may not start with '.' or end in -journal, -wal, -shm or -pos")
 		return fuse.Errno(syscall.EINVAL)
 	case errors.Is(err, replica.ErrNotPageWrite):
 		fs.Logger.Warn(op+" refused: "+err.Error()+
