@@ -42,7 +42,7 @@ func benchDB(b *testing.B, target, mode string) *sql.DB {
 	return db
 }
 
-var benchModes = []string{"DELETE", "TRUNCATE", "PERSIST"}
+var benchModes = []string{"DELETE", "TRUNCATE", "PERSIST", "WAL"}
 
 // BenchmarkWriteTx: one single-row INSERT per write transaction.
 func BenchmarkWriteTx(b *testing.B) {
