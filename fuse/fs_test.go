@@ -3,6 +3,8 @@ package fuse_test
 import (
 	"bufio"
 	"context"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -105,5 +107,101 @@ func TestFS_EmptyMount(t *testing.T) {
 	ents, err := os.ReadDir(fs.Path)
 	if err != nil || len(ents) != 0 {
 		t.Fatalf("%v %v", ents, err)
+	}
+}
+
+// reader is a sqlite3 CLI process kept open on one database.
+type reader struct {
+	t     *testing.T
+	stdin io.WriteCloser
+	out   *bufio.Reader
+}
+
+func startReader(t *testing.T, path string) *reader {
+	t.Helper()
+	cmd := exec.Command("sqlite3", path)
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() })
+	return &reader{t: t, stdin: stdin, out: bufio.NewReader(stdout)}
+}
+
+// query runs one statement that prints one line, and returns the line.
+func (r *reader) query(sql string) string {
+	r.t.Helper()
+	fmt.Fprintln(r.stdin, sql)
+	line, err := r.out.ReadString('\n')
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return strings.TrimSpace(line)
+}
+
+// TestFS_ChangeUnderReaders replaces a database's file underneath a
+// connection that has it cached (pages in the kernel, a WAL index in shared
+// memory), as a replica applying a transaction does: under the locks, the
+// node writes the file and invalidates what readers cache; the open
+// connection then sees the new content.
+func TestFS_ChangeUnderReaders(t *testing.T) {
+	for _, mode := range []string{"DELETE", "WAL"} {
+		t.Run(mode, func(t *testing.T) {
+			fs := mount(t)
+			path := filepath.Join(fs.Path, "app.db")
+			if out, err := sqlite3(t, path, "PRAGMA journal_mode="+mode+"; CREATE TABLE t (x); INSERT INTO t VALUES (1);"); err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			r := startReader(t, path)
+			if got := r.query("SELECT count(*) FROM t;"); got != "1" {
+				t.Fatalf("reader: %q", got)
+			}
+
+			// The new content: the same database three transactions later,
+			// checkpointed, built on a plain directory.
+			next := filepath.Join(t.TempDir(), "next.db")
+			if out, err := sqlite3(t, next, "PRAGMA journal_mode="+mode+"; CREATE TABLE t (x); INSERT INTO t VALUES (1); INSERT INTO t VALUES (2); INSERT INTO t VALUES (3);"); err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			image, err := os.ReadFile(next)
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			// Rollback-mode readers take the database's locks; WAL-mode
+			// readers take the WAL index's (and hold SHARED on the database
+			// for as long as they are open).
+			lock := fs.LockDB
+			if mode == "WAL" {
+				lock = fs.LockWAL
+			}
+			unlock, err := lock(ctx, "app.db")
+			if err != nil {
+				t.Fatal(err)
+			}
+			data := filepath.Join(filepath.Dir(fs.Path), "data", "dbs", "app.db")
+			if err := os.WriteFile(filepath.Join(data, "database"), image, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Truncate(filepath.Join(data, "wal"), 0); err != nil && !os.IsNotExist(err) {
+				t.Fatal(err)
+			}
+			if err := fs.Invalidate("app.db"); err != nil {
+				t.Fatal(err)
+			}
+			if err := unlock(); err != nil {
+				t.Fatal(err)
+			}
+
+			if got := r.query("SELECT count(*) FROM t;"); got != "3" {
+				t.Fatalf("open connection after the change: %q, want 3", got)
+			}
+			if out, err := sqlite3(t, path, "PRAGMA integrity_check; SELECT sum(x) FROM t"); err != nil || out != "ok\n6" {
+				t.Fatalf("new connection: %v %q", err, out)
+			}
+		})
 	}
 }

@@ -8,13 +8,23 @@ import (
 	"path/filepath"
 	"time"
 
+	"bazil.org/fuse"
 	"golang.org/x/sys/unix"
 )
 
-// SQLite's lock bytes: PENDING, then RESERVED, then the 510-byte SHARED range.
+// SQLite's lock bytes: PENDING, then RESERVED, then the 510-byte SHARED
+// range in the database file; in the WAL index (-shm), WRITE, CKPT, RECOVER
+// and READ0..4 at 120..127.
 const (
 	pendingByte = 0x40000000
 	lockBytes   = 512 // PENDING + RESERVED + SHARED range
+
+	walLockStart = 120
+	walLockBytes = 8 // WRITE, CKPT, RECOVER, READ0..4
+
+	// walIndexHeaderSize covers the two copies of the WAL index header,
+	// which every connection compares before it trusts the index.
+	walIndexHeaderSize = 96
 )
 
 // LockDB takes SQLite's locks on the named database through the mount, as a
@@ -25,11 +35,28 @@ const (
 // The locks are open file description locks on the mount: the kernel keeps
 // them with SQLite's own POSIX locks, so they exclude each other.
 func (fs *FS) LockDB(ctx context.Context, name string) (unlock func() error, err error) {
-	f, err := os.OpenFile(filepath.Join(fs.Path, name), os.O_RDWR, 0)
-	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", name, err)
+	return lockRange(ctx, filepath.Join(fs.Path, name), pendingByte, lockBytes)
+}
+
+// LockWAL takes the WAL index's locks on the named database through the
+// mount (WRITE, CKPT, RECOVER and every READ slot), which no connection in
+// WAL mode can read, write or checkpoint without. It waits for current
+// transactions to end, or returns ctx's error. If the database has no WAL
+// index (no connection uses WAL mode), there is nothing to lock.
+func (fs *FS) LockWAL(ctx context.Context, name string) (unlock func() error, err error) {
+	unlock, err = lockRange(ctx, filepath.Join(fs.Path, name+"-shm"), walLockStart, walLockBytes)
+	if errors.Is(err, os.ErrNotExist) {
+		return func() error { return nil }, nil
 	}
-	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: pendingByte, Len: lockBytes}
+	return unlock, err
+}
+
+func lockRange(ctx context.Context, path string, start, n int64) (unlock func() error, err error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", filepath.Base(path), err)
+	}
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: start, Len: n}
 	for {
 		err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk)
 		if err == nil {
@@ -37,13 +64,49 @@ func (fs *FS) LockDB(ctx context.Context, name string) (unlock func() error, err
 		}
 		if !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EACCES) {
 			_ = f.Close()
-			return nil, fmt.Errorf("lock %s: %w", name, err)
+			return nil, fmt.Errorf("lock %s: %w", filepath.Base(path), err)
 		}
 		select {
 		case <-ctx.Done():
 			_ = f.Close()
-			return nil, fmt.Errorf("lock %s: %w", name, context.Cause(ctx))
+			return nil, fmt.Errorf("lock %s: %w", filepath.Base(path), context.Cause(ctx))
 		case <-time.After(time.Millisecond):
 		}
 	}
+}
+
+// Invalidate makes every SQLite connection forget what it knows of the
+// named database after the node changed its files underneath them: the
+// kernel drops its cached pages and attributes of the database and its
+// WAL, and the WAL index header is zeroed, so the next reader rebuilds the
+// index from the WAL. The caller holds the locks (LockDB, LockWAL).
+func (fs *FS) Invalidate(name string) error {
+	fs.mu.Lock()
+	var ids []fuse.NodeID
+	for _, suffix := range []string{"", "-wal", "-shm"} {
+		if n := fs.names[name+suffix]; n != nil {
+			ids = append(ids, n.id)
+		}
+	}
+	fs.mu.Unlock()
+	for _, id := range ids {
+		if err := fs.conn.InvalidateNode(id, 0, -1); err != nil && !errors.Is(err, fuse.ErrNotCached) {
+			return fmt.Errorf("invalidate %s: %w", name, err)
+		}
+	}
+	// Through the mount, so that connections' mappings of the index see it.
+	f, err := os.OpenFile(filepath.Join(fs.Path, name+"-shm"), os.O_RDWR, 0)
+	if os.IsNotExist(err) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || fi.Size() < walIndexHeaderSize {
+		return err
+	}
+	if _, err := f.WriteAt(make([]byte, walIndexHeaderSize), 0); err != nil {
+		return fmt.Errorf("reset wal index of %s: %w", name, err)
+	}
+	return nil
 }
