@@ -46,10 +46,16 @@ var benchModes = []string{"DELETE", "TRUNCATE", "PERSIST", "WAL"}
 
 // BenchmarkWriteTx: one single-row INSERT per write transaction.
 func BenchmarkWriteTx(b *testing.B) {
-	for _, mode := range benchModes {
+	benchWrites(b, benchModes, "")
+}
+
+// benchWrites runs the write benchmark in each mode, with extra DSN
+// parameters.
+func benchWrites(b *testing.B, modes []string, params string) {
+	for _, mode := range modes {
 		for _, target := range []string{"plain", "litefs"} {
 			b.Run(mode+"/"+target, func(b *testing.B) {
-				db := benchDB(b, target, mode)
+				db := benchDB(b, target, mode+params)
 				v := strings.Repeat("x", 100)
 				b.ResetTimer()
 				for i := 0; i < b.N; i++ {
@@ -91,4 +97,11 @@ func BenchmarkPointRead(b *testing.B) {
 			})
 		}
 	}
+}
+
+// BenchmarkWriteTxSyncFull: as BenchmarkWriteTx with synchronous=FULL, where
+// plain SQLite also syncs every commit (in WAL mode, NORMAL does not, and
+// litefs always makes the LTX file durable before the commit returns).
+func BenchmarkWriteTxSyncFull(b *testing.B) {
+	benchWrites(b, []string{"DELETE", "WAL"}, "&_synchronous=FULL")
 }
