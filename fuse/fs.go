@@ -41,6 +41,10 @@ type FS struct {
 	AllowOther bool
 	// CacheTTL is how long the kernel caches names and attributes.
 	CacheTTL time.Duration
+	// NoOpen declines the kernel's open requests, which saves round trips
+	// but leaves the filesystem unable to refuse an open for writing. Set
+	// it only on a node that can never be a replica.
+	NoOpen bool
 	// Logger receives the filesystem's logs.
 	Logger *slog.Logger
 
@@ -56,6 +60,24 @@ type FS struct {
 	dirtyDir map[string]struct{} // directories with entries not yet synced
 
 	g errgroup.Group
+
+	readOnlyLog rateLimit
+}
+
+// rateLimit allows one event per interval.
+type rateLimit struct {
+	mu   sync.Mutex
+	last time.Time
+}
+
+func (l *rateLimit) Allow() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if time.Since(l.last) < 10*time.Second {
+		return false
+	}
+	l.last = time.Now()
+	return true
 }
 
 // NewFS returns a filesystem over store to be mounted at path.
@@ -83,6 +105,14 @@ const (
 	kindWAL
 	kindSHM
 	kindPos
+	kindPrimary // .primary: the primary's hostname, on a connected replica
+	kindLag     // .lag: a replica's lag in milliseconds
+)
+
+// Special files at the root, as LiteFS has them.
+const (
+	primaryFile = ".primary"
+	lagFile     = ".lag"
 )
 
 // suffixes maps name endings to the companion file kinds.

@@ -2,6 +2,7 @@ package fuse
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -93,6 +94,18 @@ func (fs *FS) errno(op string, n *node, err error) error {
 	case errors.Is(err, replica.ErrInvalidName):
 		fs.Logger.Warn(op + ": " + err.Error() + "; database names may not start with '.' or end in -journal, -wal, -shm or -pos")
 		return fuse.Errno(syscall.EINVAL)
+	case errors.Is(err, replica.ErrReadOnly):
+		// SQLite opens every connection for writing first, so this is
+		// common and logged at most every few seconds.
+		if fs.readOnlyLog.Allow() {
+			primary := fs.Store.PrimaryHostname()
+			if primary == "" {
+				primary = "(not connected)"
+			}
+			fs.Logger.Info(op+" refused: this node is a replica, its databases are read-only (SQLite reports "+
+				"\"attempt to write a readonly database\"); send writes to the primary", slog.String("primary", primary))
+		}
+		return fuse.Errno(syscall.EROFS)
 	case errors.Is(err, replica.ErrNotPageWrite):
 		fs.Logger.Warn(op+" refused: "+err.Error()+
 			"; only SQLite may write database files in the mount: to load an existing database file use `litefs import`",
@@ -111,14 +124,19 @@ func (fs *FS) errno(op string, n *node, err error) error {
 // resolve returns the live node for name, creating it if the name exists.
 // fs.mu must be held.
 func (fs *FS) resolve(name string) *node {
+	if name == primaryFile || name == lagFile {
+		return fs.resolveSpecial(name)
+	}
 	base, k := parseName(name)
+	db := fs.Store.DB(base)
 	if n := fs.names[name]; n != nil {
-		if k != kindPos || n.pos == posContent(n.db) {
+		if n.db == db && (k != kindPos || n.pos == posContent(n.db)) {
 			return n
 		}
-		fs.unlink(name) // the position moved: a new node shows the new one
+		// The database was replaced (deleted, or moved aside on a replica),
+		// or its position moved: a new node shows what is there now.
+		fs.unlink(name)
 	}
-	db := fs.Store.DB(base)
 	if db == nil {
 		return nil
 	}
@@ -134,6 +152,41 @@ func (fs *FS) resolve(name string) *node {
 	fs.addNode(n)
 	return n
 }
+
+// resolveSpecial returns the node of .primary or .lag, which exist only on
+// a replica (.primary only while it is connected). fs.mu must be held.
+func (fs *FS) resolveSpecial(name string) *node {
+	exists := !fs.Store.IsPrimary() && (name == lagFile || fs.Store.PrimaryHostname() != "")
+	n := fs.names[name]
+	if !exists {
+		if n != nil {
+			fs.unlink(name)
+		}
+		return nil
+	}
+	if n == nil {
+		n = &node{name: name, kind: kindPrimary}
+		if name == lagFile {
+			n.kind = kindLag
+		}
+		fs.addNode(n)
+	}
+	return n
+}
+
+// specialContent returns the content of .primary, .lag or a -pos file.
+func (fs *FS) specialContent(n *node) string {
+	switch n.kind {
+	case kindPrimary:
+		return fs.Store.PrimaryHostname() + "\n"
+	case kindLag:
+		return fmt.Sprintf("%d\n", fs.Store.Lag().Milliseconds())
+	default:
+		return n.pos
+	}
+}
+
+func isSpecial(k kind) bool { return k == kindPos || k == kindPrimary || k == kindLag }
 
 // addNode registers a new node as the live node of its name. fs.mu held.
 func (fs *FS) addNode(n *node) {
@@ -182,9 +235,8 @@ func (fs *FS) node(id fuse.NodeID) *node {
 // attr returns the attributes of n.
 func (fs *FS) attr(n *node) (fuse.Attr, error) {
 	a := fuse.Attr{Inode: uint64(n.id), Nlink: 1, Mode: 0o644, Valid: fs.CacheTTL, BlockSize: 4096}
-	switch n.kind {
-	case kindPos:
-		a.Mode, a.Size, a.Valid = 0o444, uint64(len(n.pos)), 0
+	if isSpecial(n.kind) {
+		a.Mode, a.Size, a.Valid = 0o444, uint64(len(fs.specialContent(n))), 0
 		a.Mtime = time.Now()
 		return a, nil
 	}
@@ -218,8 +270,10 @@ func (fs *FS) lookup(r *fuse.LookupRequest) {
 		// every read transaction then costs no round trip. A -pos file
 		// appears when its database is created under another name, so its
 		// absence is not cached.
+		// Nor is the absence of a database, which a replica may receive at
+		// any time, or of a special file.
 		valid := fs.CacheTTL
-		if _, k := parseName(r.Name); k == kindPos {
+		if base, k := parseName(r.Name); k == kindPos || fs.Store.DB(base) == nil {
 			valid = 0
 		}
 		r.Respond(&fuse.LookupResponse{EntryValid: valid})
@@ -233,7 +287,7 @@ func (fs *FS) lookup(r *fuse.LookupRequest) {
 		return
 	}
 	valid := fs.CacheTTL
-	if n.kind == kindPos {
+	if isSpecial(n.kind) {
 		valid = 0
 	}
 	r.Respond(&fuse.LookupResponse{Node: n.id, EntryValid: valid, Attr: a})
@@ -284,9 +338,10 @@ func (fs *FS) setattr(r *fuse.SetattrRequest) {
 }
 
 func (fs *FS) truncate(n *node, size int64) error {
+	if err := fs.checkWritable(n); err != nil {
+		return err
+	}
 	switch n.kind {
-	case kindPos:
-		return syscall.EPERM
 	case kindDB:
 		return n.db.Truncate(size)
 	case kindJournal:
@@ -314,7 +369,48 @@ func (fs *FS) open(r *fuse.OpenRequest) {
 		fs.openDir(r)
 		return
 	}
-	r.RespondError(fuse.ENOSYS)
+	if fs.NoOpen {
+		r.RespondError(fuse.ENOSYS)
+		return
+	}
+	n := fs.node(r.Node)
+	if n == nil {
+		r.RespondError(fuse.ENOENT)
+		return
+	}
+	// The node itself opens databases for writing to take their locks.
+	if !r.Flags.IsReadOnly() && !isSelf(r.Pid) {
+		if err := fs.checkWritable(n); err != nil {
+			// SQLite opens the database read-only instead, and a write
+			// then fails with SQLITE_READONLY.
+			r.RespondError(fs.errno("open "+n.name+" for writing", n, err))
+			return
+		}
+	}
+	flags := fuse.OpenKeepCache
+	if isSpecial(n.kind) {
+		flags = fuse.OpenDirectIO
+	}
+	r.Respond(&fuse.OpenResponse{Flags: flags})
+}
+
+// isSelf reports whether the thread that made a request belongs to this
+// process (the kernel reports the thread, not the process).
+func isSelf(tid uint32) bool {
+	_, err := os.Stat(fmt.Sprintf("/proc/self/task/%d", tid))
+	return err == nil
+}
+
+// checkWritable refuses changes to special files, and to databases and
+// their journals on a replica.
+func (fs *FS) checkWritable(n *node) error {
+	switch {
+	case isSpecial(n.kind):
+		return syscall.EPERM
+	case (n.kind == kindDB || n.kind == kindJournal) && !fs.Store.IsPrimary():
+		return replica.ErrReadOnly
+	}
+	return nil
 }
 
 func (fs *FS) openDir(r *fuse.OpenRequest) {
@@ -354,8 +450,12 @@ func (fs *FS) create(r *fuse.CreateRequest) {
 		return
 	}
 	base, k := parseName(r.Name)
-	if k == kindPos {
+	if k == kindPos || r.Name == primaryFile || r.Name == lagFile {
 		r.RespondError(fuse.Errno(syscall.EPERM))
+		return
+	}
+	if (k == kindDB || k == kindJournal) && !fs.Store.IsPrimary() {
+		r.RespondError(fs.errno("create "+r.Name, nil, replica.ErrReadOnly))
 		return
 	}
 	fs.mu.Lock()
@@ -451,9 +551,9 @@ func (fs *FS) read(r *fuse.ReadRequest) {
 		r.RespondError(fuse.Errno(syscall.ESTALE))
 		return
 	}
-	if n.kind == kindPos {
+	if isSpecial(n.kind) {
 		resp := &fuse.ReadResponse{Data: make([]byte, 0, r.Size)}
-		fuseutil.HandleRead(r, resp, []byte(n.pos))
+		fuseutil.HandleRead(r, resp, []byte(fs.specialContent(n)))
 		r.Respond(resp)
 		return
 	}
@@ -487,16 +587,18 @@ func (fs *FS) write(r *fuse.WriteRequest) {
 		nw  int
 		err error
 	)
+	if err := fs.checkWritable(n); err != nil {
+		r.RespondError(fs.errno("write "+n.name, n, err))
+		return
+	}
 	var f *os.File
-	if n.kind != kindDB && n.kind != kindPos {
+	if n.kind != kindDB {
 		if f, err = n.file(); err != nil {
 			r.RespondError(fs.errno("write "+n.name, n, err))
 			return
 		}
 	}
 	switch n.kind {
-	case kindPos:
-		err = syscall.EPERM
 	case kindDB:
 		nw, err = n.db.WriteAt(r.Data, r.Offset)
 	case kindJournal:
@@ -561,9 +663,9 @@ func (fs *FS) fsync(r *fuse.FsyncRequest) {
 	}
 	datasync := r.Flags&1 != 0
 	var err error
-	switch n.kind {
-	case kindPos:
-	case kindDB:
+	switch {
+	case isSpecial(n.kind):
+	case n.kind == kindDB:
 		err = n.db.Sync(datasync)
 	default:
 		var f *os.File
@@ -617,10 +719,12 @@ func (fs *FS) remove(r *fuse.RemoveRequest) {
 		r.RespondError(fuse.ENOENT)
 		return
 	}
-	var err error
+	err := fs.checkWritable(n)
+	if err != nil {
+		r.RespondError(fs.errno("remove "+r.Name, n, err))
+		return
+	}
 	switch n.kind {
-	case kindPos:
-		err = syscall.EPERM
 	case kindDB:
 		err = fs.Store.DeleteDB(n.db.Name())
 		if err == nil {

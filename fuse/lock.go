@@ -81,14 +81,22 @@ func lockRange(ctx context.Context, path string, start, n int64) (unlock func() 
 // WAL, and the WAL index header is zeroed, so the next reader rebuilds the
 // index from the WAL. The caller holds the locks (LockDB, LockWAL).
 func (fs *FS) Invalidate(name string) error {
+	names := []string{name, name + "-journal", name + "-wal", name + "-shm", name + "-pos"}
 	fs.mu.Lock()
 	var ids []fuse.NodeID
-	for _, suffix := range []string{"", "-wal", "-shm"} {
-		if n := fs.names[name+suffix]; n != nil {
+	for _, name := range names[:4] {
+		if n := fs.names[name]; n != nil {
 			ids = append(ids, n.id)
 		}
 	}
 	fs.mu.Unlock()
+	// A database created or deleted by the node: the kernel may hold
+	// entries for the names.
+	for _, name := range names {
+		if err := fs.conn.InvalidateEntry(fuse.RootID, name); err != nil && !errors.Is(err, fuse.ErrNotCached) {
+			return fmt.Errorf("invalidate %s: %w", name, err)
+		}
+	}
 	for _, id := range ids {
 		if err := fs.conn.InvalidateNode(id, 0, -1); err != nil && !errors.Is(err, fuse.ErrNotCached) {
 			return fmt.Errorf("invalidate %s: %w", name, err)
@@ -109,4 +117,13 @@ func (fs *FS) Invalidate(name string) error {
 		return fmt.Errorf("reset wal index of %s: %w", name, err)
 	}
 	return nil
+}
+
+// Lock implements replica.Gate: LockWAL for a database in WAL mode (whose
+// connections hold SHARED on the database while open), LockDB otherwise.
+func (fs *FS) Lock(ctx context.Context, name string, wal bool) (unlock func() error, err error) {
+	if wal {
+		return fs.LockWAL(ctx, name)
+	}
+	return fs.LockDB(ctx, name)
 }

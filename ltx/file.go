@@ -20,20 +20,16 @@ type Page struct {
 // Encode writes an LTX file with hdr and pages (ascending page numbers, no
 // lock page) to w; post is the database checksum after applying it.
 func Encode(w io.Writer, hdr Header, pages []Page, post checksum.Checksum) error {
-	enc, err := sltx.NewEncoder(w)
+	enc, err := NewEncoder(w, hdr)
 	if err != nil {
 		return err
 	}
-	if err := enc.EncodeHeader(toCodec(hdr)); err != nil {
-		return fmt.Errorf("encode header: %w", err)
-	}
 	for _, p := range pages {
-		if err := enc.EncodePage(sltx.PageHeader{Pgno: p.Pgno}, p.Data); err != nil {
+		if err := enc.Page(p.Pgno, p.Data); err != nil {
 			return fmt.Errorf("encode page %d: %w", p.Pgno, err)
 		}
 	}
-	enc.SetPostApplyChecksum(sltx.Checksum(post))
-	if err := enc.Close(); err != nil {
+	if err := enc.Close(post); err != nil {
 		return fmt.Errorf("close encoder: %w", err)
 	}
 	return nil
@@ -176,4 +172,99 @@ func FormatFilename(min, max TXID) string { return sltx.FormatFilename(sltx.TXID
 func ParseFilename(name string) (min, max TXID, err error) {
 	a, b, err := sltx.ParseFilename(name)
 	return TXID(a), TXID(b), err
+}
+
+// ReadTrailer returns the post-apply checksum recorded in the trailer of
+// the LTX file at path, without verifying the file.
+func ReadTrailer(path string) (checksum.Checksum, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	if fi.Size() < sltx.HeaderSize+sltx.TrailerSize {
+		return 0, &CorruptError{Path: path, Err: fmt.Errorf("%d bytes is too short", fi.Size())}
+	}
+	b := make([]byte, sltx.TrailerSize)
+	if _, err := f.ReadAt(b, fi.Size()-sltx.TrailerSize); err != nil {
+		return 0, err
+	}
+	var t sltx.Trailer
+	if err := t.UnmarshalBinary(b); err != nil {
+		return 0, &CorruptError{Path: path, Err: err}
+	}
+	return checksum.Checksum(t.PostApplyChecksum), nil
+}
+
+// Decoder reads an LTX file page by page, so that a snapshot of any size
+// is applied without holding it in memory. Close verifies the file's
+// checksums; pages read before a failed Close must not be trusted.
+type Decoder struct {
+	dec *sltx.Decoder
+	hdr Header
+}
+
+// NewDecoder reads the header from r.
+func NewDecoder(r io.Reader) (*Decoder, error) {
+	dec := sltx.NewDecoder(r)
+	if err := dec.DecodeHeader(); err != nil {
+		return nil, fmt.Errorf("decode header: %w", err)
+	}
+	return &Decoder{dec: dec, hdr: fromCodec(dec.Header())}, nil
+}
+
+// Header returns the file's header.
+func (d *Decoder) Header() Header { return d.hdr }
+
+// Next reads the next page into buf (PageSize bytes) and returns its page
+// number, or io.EOF after the last page.
+func (d *Decoder) Next(buf []byte) (uint32, error) {
+	var ph sltx.PageHeader
+	if err := d.dec.DecodePage(&ph, buf); err != nil {
+		return 0, err
+	}
+	if ph.Pgno > d.hdr.Commit {
+		return 0, fmt.Errorf("page %d beyond commit size %d", ph.Pgno, d.hdr.Commit)
+	}
+	return ph.Pgno, nil
+}
+
+// Close verifies the rest of the file and returns its post-apply checksum.
+func (d *Decoder) Close() (checksum.Checksum, error) {
+	if err := d.dec.Close(); err != nil {
+		return 0, err
+	}
+	return checksum.Checksum(d.dec.Trailer().PostApplyChecksum), nil
+}
+
+// Encoder writes an LTX file page by page.
+type Encoder struct {
+	enc *sltx.Encoder
+}
+
+// NewEncoder writes hdr to w.
+func NewEncoder(w io.Writer, hdr Header) (*Encoder, error) {
+	enc, err := sltx.NewEncoder(w)
+	if err != nil {
+		return nil, err
+	}
+	if err := enc.EncodeHeader(toCodec(hdr)); err != nil {
+		return nil, fmt.Errorf("encode header: %w", err)
+	}
+	return &Encoder{enc: enc}, nil
+}
+
+// Page writes one page; page numbers must ascend.
+func (e *Encoder) Page(pgno uint32, data []byte) error {
+	return e.enc.EncodePage(sltx.PageHeader{Pgno: pgno}, data)
+}
+
+// Close writes the trailer with the post-apply checksum.
+func (e *Encoder) Close(post checksum.Checksum) error {
+	e.enc.SetPostApplyChecksum(sltx.Checksum(post))
+	return e.enc.Close()
 }

@@ -67,7 +67,29 @@ func OpenLog(dir string) (*Log, error) {
 		}
 		l.files = append(l.files, FileInfo{MinTXID: min, MaxTXID: max, Size: fi.Size(), ModTime: fi.ModTime()})
 	}
-	sort.Slice(l.files, func(i, j int) bool { return l.files[i].MinTXID < l.files[j].MinTXID })
+	sort.Slice(l.files, func(i, j int) bool {
+		if a, b := l.files[i], l.files[j]; a.MinTXID != b.MinTXID {
+			return a.MinTXID < b.MinTXID
+		} else {
+			return a.MaxTXID > b.MaxTXID
+		}
+	})
+	// A snapshot (a file from TXID 1) supersedes the files it covers; a
+	// crash while it was being adopted can leave them behind.
+	if len(l.files) > 0 && l.files[0].MinTXID == 1 {
+		snap := l.files[0]
+		kept := l.files[:1]
+		for _, f := range l.files[1:] {
+			if f.MaxTXID <= snap.MaxTXID {
+				if err := os.Remove(l.Path(f.MinTXID, f.MaxTXID)); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			kept = append(kept, f)
+		}
+		l.files = kept
+	}
 	for i := 1; i < len(l.files); i++ {
 		if prev, cur := l.files[i-1], l.files[i]; cur.MinTXID != prev.MaxTXID+1 {
 			return nil, fmt.Errorf("ltx log in %s is not contiguous: %s follows %s", dir,
@@ -162,6 +184,48 @@ func (l *Log) Append(hdr Header, pages []Page, post checksum.Checksum) error {
 	l.pos = Pos{TXID: hdr.MaxTXID, Checksum: post}
 	l.last = hdr
 	return nil
+}
+
+// Adopt moves a complete, verified LTX file at src (on the same
+// filesystem) into the log, durably. It must continue the log, unless it
+// is a snapshot, which replaces every file in the log.
+func (l *Log) Adopt(src string, hdr Header, post checksum.Checksum) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !hdr.IsSnapshot() && hdr.PreApplyPos() != l.pos {
+		return fmt.Errorf("adopt ltx %s-%s: applies to %s, log is at %s", hdr.MinTXID, hdr.MaxTXID, hdr.PreApplyPos(), l.pos)
+	}
+	path := l.Path(hdr.MinTXID, hdr.MaxTXID)
+	if err := os.Rename(src, path); err != nil {
+		return err
+	}
+	if err := syncDir(l.dir); err != nil {
+		return err
+	}
+	info := FileInfo{MinTXID: hdr.MinTXID, MaxTXID: hdr.MaxTXID, ModTime: time.Now()}
+	if hdr.IsSnapshot() {
+		for _, f := range l.files {
+			if p := l.Path(f.MinTXID, f.MaxTXID); p != path {
+				if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+					return err
+				}
+			}
+		}
+		l.files = nil
+	}
+	l.files = append(l.files, info)
+	l.pos = Pos{TXID: hdr.MaxTXID, Checksum: post}
+	l.last = hdr
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // Retain removes files last modified before t, always keeping the newest.

@@ -44,7 +44,8 @@ type DB struct {
 	closed   bool
 	changed  chan struct{} // closed and replaced when pos moves
 
-	onError func(error) // reports failures the store's owner may stop for
+	onError  func(error) // reports failures the store's owner may stop for
+	onChange func()      // tells the store the position moved
 
 	wal walState
 }
@@ -141,6 +142,14 @@ func (db *DB) recover() error {
 		}
 	}
 	if got := tbl.Sum(); got != db.pos.Checksum {
+		db.pageSize, db.chk = pageSize, tbl
+		if ok, err := db.redoLast(got); err != nil {
+			return fmt.Errorf("database %q: redo newest ltx file: %w", db.name, err)
+		} else if ok {
+			tbl, pageSize = db.chk, db.pageSize
+		}
+	}
+	if got := tbl.Sum(); got != db.pos.Checksum {
 		return &ChecksumMismatchError{DB: db.name, Path: db.path(DatabaseFile),
 			TXID: uint64(db.pos.TXID), Want: db.pos.Checksum, Got: got}
 	}
@@ -212,6 +221,15 @@ func (db *DB) Changed() <-chan struct{} {
 	db.mu.Lock()
 	defer db.mu.Unlock()
 	return db.changed
+}
+
+// publish wakes whoever waits for the position to move. db.mu held.
+func (db *DB) publish() {
+	close(db.changed)
+	db.changed = make(chan struct{})
+	if db.onChange != nil {
+		db.onChange()
+	}
 }
 
 // ReadAt reads from the database file.

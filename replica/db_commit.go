@@ -152,8 +152,7 @@ func (db *DB) commitTxn(pageN uint32, written []uint32, read func(pgno uint32, b
 	}
 	db.chk.Apply(pageN, sums)
 	db.pos = ltx.Pos{TXID: txid, Checksum: post}
-	close(db.changed)
-	db.changed = make(chan struct{})
+	db.publish()
 	db.logger.Debug("commit", slog.String(LogKeyTXID, txid.String()), slog.Int("pages", len(pages)),
 		slog.Uint64("commit", uint64(pageN)), slog.String(LogKeyChecksum, post.String()))
 	return nil

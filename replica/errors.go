@@ -32,6 +32,10 @@ var (
 	// when a database file's checksum differs from its log's position.
 	ErrChecksumMismatch = errors.New("database checksum mismatch")
 
+	// ErrReadOnly is returned for a write to a database on a replica:
+	// writes go to the primary.
+	ErrReadOnly = errors.New("database is read-only on a replica")
+
 	// ErrClosed is returned by operations on a closed database.
 	ErrClosed = errors.New("database closed")
 

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+
+	"github.com/litefs-project/litefs/ltx"
 )
 
 // Log keys used on every line where they apply.
@@ -55,6 +57,15 @@ type Store struct {
 	mu  sync.Mutex
 	dbs map[string]*DB
 
+	// The node's role and, on a replica, what it knows of the primary.
+	roleMu      sync.Mutex
+	primary     bool
+	primaryHost string             // hostname of the primary while connected; "" otherwise
+	primaryPos  map[string]ltx.Pos // positions the primary last reported
+	caughtUpAt  time.Time          // when the replica last matched primaryPos
+	caughtUp    bool               // whether it matches them now
+	changed     chan struct{}      // closed and replaced when any database changes
+
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	g      errgroup.Group
@@ -68,7 +79,131 @@ func NewStore(dir string) *Store {
 		RetentionInterval: DefaultRetentionInterval,
 		Logger:            slog.Default(),
 		dbs:               make(map[string]*DB),
+		primary:           true,
+		changed:           make(chan struct{}),
+		caughtUpAt:        time.Now(),
 	}
+}
+
+// SetPrimary sets whether this node is the primary (the default) or a
+// replica.
+func (s *Store) SetPrimary(primary bool) {
+	s.roleMu.Lock()
+	defer s.roleMu.Unlock()
+	s.primary = primary
+}
+
+// IsPrimary reports whether this node takes writes.
+func (s *Store) IsPrimary() bool {
+	s.roleMu.Lock()
+	defer s.roleMu.Unlock()
+	return s.primary
+}
+
+// PrimaryHostname returns the primary's hostname while a replica is
+// connected to it, or "".
+func (s *Store) PrimaryHostname() string {
+	s.roleMu.Lock()
+	defer s.roleMu.Unlock()
+	return s.primaryHost
+}
+
+func (s *Store) setPrimaryHostname(host string) {
+	s.roleMu.Lock()
+	defer s.roleMu.Unlock()
+	s.primaryHost = host
+	if host == "" { // disconnected: no longer known to be caught up
+		s.caughtUp = false
+	}
+}
+
+// setPrimaryPositions records the positions the primary reported and
+// updates the lag.
+func (s *Store) setPrimaryPositions(pos map[string]ltx.Pos) {
+	s.roleMu.Lock()
+	s.primaryPos = pos
+	s.roleMu.Unlock()
+	s.updateLag()
+}
+
+// updateLag records whether every database has reached the position the
+// primary last reported.
+func (s *Store) updateLag() {
+	s.roleMu.Lock()
+	want := s.primaryPos
+	s.roleMu.Unlock()
+	if want == nil {
+		return
+	}
+	caughtUp := true
+	for name, pos := range want {
+		if db := s.DB(name); db == nil || db.Pos().TXID < pos.TXID {
+			caughtUp = false
+		}
+	}
+	s.roleMu.Lock()
+	defer s.roleMu.Unlock()
+	s.caughtUp = caughtUp
+	if caughtUp {
+		s.caughtUpAt = time.Now()
+	}
+}
+
+// Lag returns zero on the primary and on a replica that has every
+// transaction the primary last reported; otherwise how long ago the
+// replica last had them (since it started, if it never had).
+func (s *Store) Lag() time.Duration {
+	s.roleMu.Lock()
+	defer s.roleMu.Unlock()
+	if s.primary || s.caughtUp {
+		return 0
+	}
+	return time.Since(s.caughtUpAt)
+}
+
+// Changed returns a channel closed at the next change of any database:
+// a commit, an apply, a creation or a deletion.
+func (s *Store) Changed() <-chan struct{} {
+	s.roleMu.Lock()
+	defer s.roleMu.Unlock()
+	return s.changed
+}
+
+func (s *Store) notify() {
+	s.roleMu.Lock()
+	defer s.roleMu.Unlock()
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// TempDir returns a directory for files being received, on the data
+// directory's filesystem so they can be renamed into place.
+func (s *Store) TempDir() string { return filepath.Join(s.Dir, "tmp") }
+
+// AsideDir returns where discarded database states are kept.
+func (s *Store) AsideDir() string { return filepath.Join(s.Dir, "aside") }
+
+// MoveAside moves a database (its file and its LTX files) out of the store
+// into a dated folder under AsideDir, logs where, and returns the folder.
+func (s *Store) MoveAside(name, why string) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	db, ok := s.dbs[name]
+	if !ok {
+		return "", ErrDatabaseNotFound
+	}
+	if err := db.close(); err != nil {
+		return "", err
+	}
+	delete(s.dbs, name)
+	dst, err := s.moveDirAside(name)
+	if err != nil {
+		return "", err
+	}
+	s.Logger.Warn("database moved aside: "+why+"; its file and ltx files are kept",
+		slog.String(LogKeyDB, name), slog.String(LogKeyPath, dst), slog.String("pos", db.pos.String()))
+	s.notify()
+	return dst, nil
 }
 
 // DBDir returns the directory of the databases.
@@ -82,6 +217,12 @@ func (s *Store) Open() error {
 	if err := os.MkdirAll(s.DBDir(), 0o755); err != nil {
 		return err
 	}
+	if err := os.RemoveAll(s.TempDir()); err != nil { // files half received
+		return err
+	}
+	if err := os.MkdirAll(s.TempDir(), 0o755); err != nil {
+		return err
+	}
 	ents, err := os.ReadDir(s.DBDir())
 	if err != nil {
 		return err
@@ -91,6 +232,14 @@ func (s *Store) Open() error {
 			continue
 		}
 		db, err := s.openDB(ent.Name(), filepath.Join(s.DBDir(), ent.Name()))
+		if err != nil && !s.IsPrimary() && (errors.Is(err, ErrChecksumMismatch) || errors.Is(err, ErrCorruptLTX)) {
+			// A replica heals by itself: the primary sends a snapshot.
+			if dst, aerr := s.moveDirAside(ent.Name()); aerr == nil {
+				s.Logger.Warn("database moved aside: it does not match its own log; the primary will send a snapshot",
+					slog.String(LogKeyDB, ent.Name()), slog.String(LogKeyPath, dst), slog.Any(LogKeyError, err))
+				continue
+			}
+		}
 		if err != nil {
 			s.closeDBs()
 			return err
@@ -112,6 +261,7 @@ func (s *Store) openDB(name, dir string) (*DB, error) {
 			s.OnError(name, err)
 		}
 	}
+	db.onChange = s.notify
 	return db, nil
 }
 
@@ -137,6 +287,19 @@ func (s *Store) closeDBs() error {
 		}
 	}
 	return first
+}
+
+// moveDirAside renames a database's directory into a dated folder under
+// AsideDir.
+func (s *Store) moveDirAside(name string) (string, error) {
+	if err := os.MkdirAll(s.AsideDir(), 0o755); err != nil {
+		return "", err
+	}
+	dst := filepath.Join(s.AsideDir(), fmt.Sprintf("%s.%s", name, time.Now().UTC().Format("20060102T150405.000000000Z")))
+	if err := os.Rename(filepath.Join(s.DBDir(), name), dst); err != nil {
+		return "", fmt.Errorf("move %q aside: %w", name, err)
+	}
+	return dst, nil
 }
 
 // DB returns the named database, or nil.
@@ -192,6 +355,7 @@ func (s *Store) CreateDB(name string) (*DB, error) {
 	}
 	s.dbs[name] = db
 	s.Logger.Info("database created", slog.String(LogKeyDB, name))
+	s.notify()
 	return db, nil
 }
 
@@ -211,6 +375,7 @@ func (s *Store) DeleteDB(name string) error {
 		return fmt.Errorf("remove database %q: %w", name, err)
 	}
 	s.Logger.Info("database deleted", slog.String(LogKeyDB, name), slog.String("pos", db.pos.String()))
+	s.notify()
 	return nil
 }
 

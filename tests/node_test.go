@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/binary"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +30,7 @@ type Node struct {
 	MountDir   string
 	DataDir    string
 	ConfigPath string
+	HTTPAddr   string
 	Bin        string // litefs binary; litefsBin by default
 
 	mu     sync.Mutex
@@ -38,20 +40,59 @@ type Node struct {
 	err    error // exit status once exited
 }
 
-// NewNode prepares a node with a config file; extra YAML is appended.
+// NodeConfig describes a node to start.
+type NodeConfig struct {
+	Name       string // lease.hostname
+	Replica    bool   // lease.candidate: false
+	PrimaryURL string // lease.advertise-url of a replica: the primary's API
+	Retention  string // data.retention, if set
+	Extra      string // more top-level YAML
+}
+
+// NewNode prepares a primary with a config file; extra YAML is appended.
 func NewNode(t testing.TB, extra string) *Node {
 	t.Helper()
+	return NewNodeWith(t, NodeConfig{Name: "node1", Extra: extra})
+}
+
+// NewNodeWith prepares a node with a config file. Its API listens on a
+// free loopback port.
+func NewNodeWith(t testing.TB, cfg NodeConfig) *Node {
+	t.Helper()
 	dir := t.TempDir()
-	n := &Node{t: t, Name: "node1", Dir: dir, MountDir: filepath.Join(dir, "mnt"),
-		DataDir: filepath.Join(dir, "data"), ConfigPath: filepath.Join(dir, "litefs.yml"), Bin: litefsBin}
-	n.WriteConfig(fmt.Sprintf("fuse:\n  dir: %s\ndata:\n  dir: %s\nlease:\n  type: static\n  candidate: true\n  hostname: %s\n%s",
-		n.MountDir, n.DataDir, n.Name, extra))
+	n := &Node{t: t, Name: cfg.Name, Dir: dir, MountDir: filepath.Join(dir, "mnt"),
+		DataDir: filepath.Join(dir, "data"), ConfigPath: filepath.Join(dir, "litefs.yml"), Bin: litefsBin,
+		HTTPAddr: freeAddr(t)}
+	data := ""
+	if cfg.Retention != "" {
+		data = fmt.Sprintf("  retention: %s\n  retention-monitor-interval: 100ms\n", cfg.Retention)
+	}
+	lease := fmt.Sprintf("  candidate: true\n  advertise-url: %s\n", n.URL())
+	if cfg.Replica {
+		lease = fmt.Sprintf("  candidate: false\n  advertise-url: %s\n", cfg.PrimaryURL)
+	}
+	n.WriteConfig(fmt.Sprintf("fuse:\n  dir: %s\ndata:\n  dir: %s\n%shttp:\n  addr: %s\nlease:\n  type: static\n  hostname: %s\n%s%s",
+		n.MountDir, n.DataDir, data, n.HTTPAddr, n.Name, lease, cfg.Extra))
 	t.Cleanup(func() {
 		n.Stop()
 		_ = exec.Command("fusermount3", "-uz", n.MountDir).Run()
 		n.dumpLogsOnFailure()
 	})
 	return n
+}
+
+// URL returns the node's API URL.
+func (n *Node) URL() string { return "http://" + n.HTTPAddr }
+
+// freeAddr returns a loopback address with a port free right now.
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
 
 // WriteConfig replaces the node's config file.

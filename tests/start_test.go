@@ -144,8 +144,8 @@ func TestStart_ChecksumMismatch(t *testing.T) {
 // its exit code and unmounts.
 func TestStart_Exec(t *testing.T) {
 	n := NewNode(t, "")
-	n.WriteConfig(fmt.Sprintf("fuse:\n  dir: %s\ndata:\n  dir: %s\nexec: \"sqlite3 %s 'CREATE TABLE t (x); INSERT INTO t VALUES (7);' && exit 3\"\n",
-		n.MountDir, n.DataDir, n.Path("app.db")))
+	n.WriteConfig(fmt.Sprintf("fuse:\n  dir: %s\ndata:\n  dir: %s\nhttp:\n  addr: %s\nexec: \"sqlite3 %s 'CREATE TABLE t (x); INSERT INTO t VALUES (7);' && exit 3\"\n",
+		n.MountDir, n.DataDir, n.HTTPAddr, n.Path("app.db")))
 	n.StartCmd()
 	err := n.WaitExit(30 * time.Second)
 	var exitErr *exec.ExitError
@@ -155,7 +155,7 @@ func TestStart_Exec(t *testing.T) {
 	if isMounted(n.MountDir) {
 		t.Fatal("still mounted after the exec'd command exited")
 	}
-	n.WriteConfig(fmt.Sprintf("fuse:\n  dir: %s\ndata:\n  dir: %s\n", n.MountDir, n.DataDir))
+	n.WriteConfig(fmt.Sprintf("fuse:\n  dir: %s\ndata:\n  dir: %s\nhttp:\n  addr: %s\n", n.MountDir, n.DataDir, n.HTTPAddr))
 	n.Start()
 	if got := mustSQLite3(t, n.Path("app.db"), "SELECT x FROM t"); got != "7" {
 		t.Fatalf("got %q", got)

@@ -31,8 +31,9 @@ type Config struct {
 
 // DataConfig is the data directory: databases and their LTX files.
 type DataConfig struct {
-	Dir       string        `yaml:"dir"`
-	Retention time.Duration `yaml:"retention"`
+	Dir                      string        `yaml:"dir"`
+	Retention                time.Duration `yaml:"retention"`
+	RetentionMonitorInterval time.Duration `yaml:"retention-monitor-interval"`
 }
 
 // FUSEConfig is the mount.
@@ -93,7 +94,7 @@ func (e *ExecConfig) UnmarshalYAML(n *yaml.Node) error {
 func NewConfig() Config {
 	host, _ := os.Hostname()
 	return Config{
-		Data:  DataConfig{Retention: replica.DefaultRetention},
+		Data:  DataConfig{Retention: replica.DefaultRetention, RetentionMonitorInterval: replica.DefaultRetentionInterval},
 		HTTP:  HTTPConfig{Addr: DefaultHTTPAddr},
 		Lease: LeaseConfig{Type: "static", Candidate: true, Hostname: host},
 		Log:   LogConfig{Format: "text"},
@@ -147,6 +148,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Data.Retention <= 0 {
 		return fmt.Errorf("data.retention: must be positive, got %s", c.Data.Retention)
+	}
+	if c.Data.RetentionMonitorInterval <= 0 {
+		return fmt.Errorf("data.retention-monitor-interval: must be positive, got %s", c.Data.RetentionMonitorInterval)
 	}
 	switch c.Lease.Type {
 	case "static":

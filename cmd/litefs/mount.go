@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"syscall"
@@ -29,6 +31,10 @@ type MountCommand struct {
 	Store  *replica.Store
 	FS     *fuse.FS
 	Leaser lease.Leaser
+	HTTP   *http.Server
+
+	stopClient func()
+	clientDone chan struct{}
 }
 
 // NewMountCommand returns a mount command with defaults.
@@ -89,15 +95,18 @@ func (c *MountCommand) Run(ctx context.Context) error {
 		Hostname:     c.Config.Lease.Hostname,
 		AdvertiseURL: c.Config.Lease.AdvertiseURL,
 	}
+	primary := true
 	if _, err := c.Leaser.Acquire(ctx); errors.Is(err, lease.ErrNotCandidate) {
-		return errors.New("lease.candidate: false makes this node a replica, and replication is not in this build yet; set lease.candidate: true")
+		primary = false
 	} else if err != nil {
 		return fmt.Errorf("acquire lease: %w", err)
 	}
 
 	c.Store = replica.NewStore(c.Config.Data.Dir)
 	c.Store.Retention = c.Config.Data.Retention
+	c.Store.RetentionInterval = c.Config.Data.RetentionMonitorInterval
 	c.Store.Logger = c.Logger
+	c.Store.SetPrimary(primary)
 	fatal := make(chan error, 1)
 	if c.Config.ExitOnError {
 		c.Store.OnError = func(db string, err error) {
@@ -114,11 +123,36 @@ func (c *MountCommand) Run(ctx context.Context) error {
 	c.FS = fuse.NewFS(c.Config.FUSE.Dir, c.Store)
 	c.FS.AllowOther = c.Config.FUSE.AllowOther
 	c.FS.Logger = c.Logger
+	c.FS.NoOpen = primary // a static primary never turns replica
 	if err := c.FS.Mount(); err != nil {
 		return err
 	}
-	c.Logger.Info("mounted; this node is the primary (static lease)",
-		slog.String("fuse.dir", c.Config.FUSE.Dir), slog.String("data.dir", c.Config.Data.Dir))
+
+	ln, err := net.Listen("tcp", c.Config.HTTP.Addr)
+	if err != nil {
+		return fmt.Errorf("http.addr: listen on %s: %w", c.Config.HTTP.Addr, err)
+	}
+	c.HTTP = &http.Server{Handler: replica.NewServer(c.Store, c.Config.Lease.Hostname).Handler()}
+	go func() {
+		if err := c.HTTP.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			c.Logger.Error("http server", slog.Any(replica.LogKeyError, err))
+		}
+	}()
+
+	if primary {
+		c.Logger.Info("mounted; this node is the primary (static lease)",
+			slog.String("fuse.dir", c.Config.FUSE.Dir), slog.String("data.dir", c.Config.Data.Dir), slog.String("http.addr", ln.Addr().String()))
+	} else {
+		client := replica.NewClient(c.Config.Lease.AdvertiseURL, c.Store, c.FS)
+		client.Node = c.Config.Lease.Hostname
+		client.Logger = c.Logger
+		cctx, cancel := context.WithCancel(ctx)
+		c.stopClient = func() { cancel(); <-c.clientDone }
+		c.clientDone = make(chan struct{})
+		go func() { defer close(c.clientDone); _ = client.Run(cctx) }()
+		c.Logger.Info("mounted; this node is a replica (static lease), following the primary",
+			slog.String("primary", c.Config.Lease.AdvertiseURL), slog.String("fuse.dir", c.Config.FUSE.Dir))
+	}
 
 	if len(c.Config.Exec) == 0 {
 		select {
@@ -195,6 +229,13 @@ func (c *MountCommand) runExec(ctx context.Context, fatal <-chan error) error {
 // Close unmounts and closes the store. Safe to call twice.
 func (c *MountCommand) Close() error {
 	var first error
+	if c.stopClient != nil {
+		c.stopClient()
+		c.stopClient = nil
+	}
+	if c.HTTP != nil {
+		_ = c.HTTP.Close()
+	}
 	if c.FS != nil {
 		if err := c.FS.Unmount(); err != nil {
 			first = fmt.Errorf("unmount %s: %w", c.Config.FUSE.Dir, err)

@@ -1,0 +1,208 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
+	"github.com/litefs-project/litefs/checksum"
+	"github.com/litefs-project/litefs/ltx"
+)
+
+// Gate keeps SQLite connections out of a database while the node changes
+// its files underneath them, and makes them forget what they cached. The
+// FUSE filesystem implements it; a nil Gate means no connections exist
+// (the mount is not up).
+type Gate interface {
+	// Lock waits until no connection is in a transaction on the database
+	// and keeps new ones out until unlock is called. wal says whether the
+	// database is in WAL mode, whose connections hold other locks.
+	Lock(ctx context.Context, db string, wal bool) (unlock func() error, err error)
+	// Invalidate makes connections drop what they cache of the database:
+	// pages, attributes and the WAL index.
+	Invalidate(db string) error
+}
+
+// PosMismatchError is returned by Apply when an LTX file does not apply to
+// the database's position: the replica and the primary disagree.
+type PosMismatchError struct {
+	DB   string
+	Pos  ltx.Pos // the database's position
+	Want ltx.Pos // the file's pre-apply position
+}
+
+func (e *PosMismatchError) Error() string {
+	return fmt.Sprintf("database %q is at %s, ltx file applies to %s", e.DB, e.Pos, e.Want)
+}
+
+// Apply applies the LTX file at path to the database: a transaction that
+// continues the database's position, or a snapshot that replaces it. The
+// file is verified end to end first; a damaged file returns an error
+// wrapping ErrCorruptLTX and changes nothing. The file moves into the
+// database's log (durably, before the database file changes, so a crash
+// in between is redone at the next start); then, with gate keeping readers
+// out, the pages are written, the file truncated to the commit size,
+// synced, and what readers cache invalidated. Readers never see half a
+// transaction.
+func (db *DB) Apply(ctx context.Context, path string, gate Gate) error {
+	d, err := ltx.VerifyFile(path)
+	if err != nil {
+		return err
+	}
+	hdr := d.Header
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if db.closed {
+		return ErrClosed
+	}
+	if !hdr.IsSnapshot() && hdr.PreApplyPos() != db.pos {
+		return &PosMismatchError{DB: db.name, Pos: db.pos, Want: hdr.PreApplyPos()}
+	}
+	if db.pageSize != 0 && hdr.PageSize != db.pageSize && !hdr.IsSnapshot() {
+		return fmt.Errorf("ltx page size %d, database page size %d", hdr.PageSize, db.pageSize)
+	}
+	if err := db.log.Adopt(path, hdr, d.PostApplyChecksum); err != nil {
+		return fmt.Errorf("adopt ltx: %w", err)
+	}
+	logPath := db.log.Path(hdr.MinTXID, hdr.MaxTXID)
+
+	var unlock func() error
+	if gate != nil {
+		if unlock, err = gate.Lock(ctx, db.name, db.isWAL()); err != nil {
+			return fmt.Errorf("keep readers out: %w", err)
+		}
+	}
+	err = db.applyFile(logPath)
+	if gate != nil {
+		if ierr := gate.Invalidate(db.name); err == nil {
+			err = ierr
+		}
+		if uerr := unlock(); err == nil {
+			err = uerr
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("apply ltx %s: %w", hdr.MaxTXID, err)
+	}
+	if got := db.chk.Sum(); got != d.PostApplyChecksum {
+		return fmt.Errorf("apply ltx %s: database checksum %s after apply, file says %s", hdr.MaxTXID, got, d.PostApplyChecksum)
+	}
+	db.pos = ltx.Pos{TXID: hdr.MaxTXID, Checksum: d.PostApplyChecksum}
+	db.publish()
+	db.logger.Debug("applied", slog.String(LogKeyTXID, hdr.MaxTXID.String()), slog.Bool("snapshot", hdr.IsSnapshot()))
+	return nil
+}
+
+// isWAL reports whether the database file's header says WAL mode.
+func (db *DB) isWAL() bool {
+	b := make([]byte, 2)
+	if _, err := db.f.ReadAt(b, 18); err != nil {
+		return false
+	}
+	return b[0] == 2 || b[1] == 2
+}
+
+// applyFile writes the pages of the LTX file at path into the database
+// file, page by page, and updates the checksum table. Any WAL content is
+// moved into the database file first, so the WAL never shadows what the
+// file now holds. db.mu held; readers kept out.
+func (db *DB) applyFile(path string) error {
+	if err := db.checkpointWAL(); err != nil {
+		return err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	dec, err := ltx.NewDecoder(f)
+	if err != nil {
+		return err
+	}
+	hdr := dec.Header()
+	tbl := db.chk
+	if hdr.IsSnapshot() || db.pageSize != hdr.PageSize {
+		tbl = checksum.NewTable(hdr.PageSize)
+	}
+	buf := make([]byte, hdr.PageSize)
+	for {
+		pgno, err := dec.Next(buf)
+		if errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			return err
+		}
+		if _, err := db.f.WriteAt(buf, int64(pgno-1)*int64(hdr.PageSize)); err != nil {
+			return err
+		}
+		tbl.Set(pgno, buf)
+	}
+	if _, err := dec.Close(); err != nil {
+		return err
+	}
+	if err := db.f.Truncate(int64(hdr.Commit) * int64(hdr.PageSize)); err != nil {
+		return err
+	}
+	tbl.Truncate(hdr.Commit)
+	if err := db.f.Sync(); err != nil {
+		return err
+	}
+	db.pageSize, db.chk = hdr.PageSize, tbl
+	return nil
+}
+
+// checkpointWAL copies the WAL's committed frames into the database file
+// and empties the WAL. Only the node may do this, with connections kept
+// out (or none possible). db.mu held.
+func (db *DB) checkpointWAL() error {
+	if !db.wal.valid || db.wal.end <= walHeaderSize {
+		return nil
+	}
+	f, err := os.OpenFile(db.WALPath(), os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	txns, err := readWALTxns(f, db.wal.end, db.wal.hdr, walHeaderSize, db.wal.hdr.cksum)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, db.wal.hdr.pageSize)
+	for _, txn := range txns {
+		for _, fr := range txn.frames {
+			if _, err := f.ReadAt(buf, fr.offset+walFrameHeaderSize); err != nil {
+				return err
+			}
+			if _, err := db.f.WriteAt(buf, int64(fr.pgno-1)*int64(len(buf))); err != nil {
+				return err
+			}
+		}
+		if err := db.f.Truncate(int64(txn.commit) * int64(len(buf))); err != nil {
+			return err
+		}
+	}
+	if err := db.f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Truncate(0); err != nil {
+		return err
+	}
+	db.wal.reset()
+	return nil
+}
+
+// redoLast applies the newest LTX file again if the database is at the
+// position it applies to: the node stopped after the file was logged and
+// before the database file had it. db.mu held or not yet shared.
+func (db *DB) redoLast(sum checksum.Checksum) (bool, error) {
+	hdr := db.log.LastHeader()
+	if hdr.MaxTXID == 0 || (!hdr.IsSnapshot() && hdr.PreApplyChecksum != sum) {
+		return false, nil
+	}
+	db.logger.Info("applying the newest ltx file again: the node stopped before the database had it",
+		slog.String(LogKeyTXID, hdr.MaxTXID.String()))
+	return true, db.applyFile(db.log.Path(hdr.MinTXID, hdr.MaxTXID))
+}

@@ -1,0 +1,262 @@
+package replica
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/litefs-project/litefs/ltx"
+)
+
+// Defaults for Client.
+const (
+	DefaultHeartbeatTimeout = 5 * time.Second
+	DefaultMinBackoff       = 100 * time.Millisecond
+	DefaultMaxBackoff       = 3 * time.Second
+)
+
+// Client keeps a replica's databases in step with the primary: it holds one
+// stream to the primary's API, applies what arrives, and reconnects with
+// bounded backoff when the stream ends.
+type Client struct {
+	// URL is the primary's API URL (lease.advertise-url on a replica).
+	URL string
+	// Node is this node's hostname, sent to the primary for its logs.
+	Node  string
+	Store *Store
+	// Gate keeps readers out while a transaction is applied.
+	Gate Gate
+	// HeartbeatTimeout is how long the stream may be silent before the
+	// replica gives up on it and reconnects.
+	HeartbeatTimeout time.Duration
+	// MinBackoff and MaxBackoff bound the wait between reconnections.
+	MinBackoff, MaxBackoff time.Duration
+	HTTPClient             *http.Client
+	Logger                 *slog.Logger
+}
+
+// NewClient returns a client of the primary at url with defaults.
+func NewClient(url string, store *Store, gate Gate) *Client {
+	return &Client{
+		URL: strings.TrimRight(url, "/"), Store: store, Gate: gate,
+		HeartbeatTimeout: DefaultHeartbeatTimeout,
+		MinBackoff:       DefaultMinBackoff, MaxBackoff: DefaultMaxBackoff,
+		HTTPClient: &http.Client{}, Logger: store.Logger,
+	}
+}
+
+// Run streams from the primary until ctx ends.
+func (c *Client) Run(ctx context.Context) error {
+	backoff := c.MinBackoff
+	for {
+		progressed, err := c.session(ctx)
+		c.Store.setPrimaryHostname("")
+		if ctx.Err() != nil {
+			return nil
+		}
+		if progressed {
+			backoff = c.MinBackoff
+		}
+		c.Logger.Warn("replication stream from the primary ended; reconnecting",
+			slog.String("primary", c.URL), slog.Any(LogKeyError, err), slog.Duration("backoff", backoff))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, c.MaxBackoff)
+	}
+}
+
+// session runs one stream. progressed reports whether anything arrived.
+func (c *Client) session(ctx context.Context) (progressed bool, err error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	req := streamRequest{Node: c.Node, Positions: make(map[string]string)}
+	for _, db := range c.Store.DBs() {
+		req.Positions[db.Name()] = db.Pos().String()
+	}
+	body, _ := json.Marshal(req)
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, c.URL+"/stream", bytes.NewReader(body))
+	if err != nil {
+		return false, err
+	}
+	resp, err := c.HTTPClient.Do(hreq)
+	if err != nil {
+		return false, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		return false, fmt.Errorf("primary answered %s: %s", resp.Status, strings.TrimSpace(string(msg)))
+	}
+
+	// A silent stream means a dead primary or network: every frame resets
+	// the watchdog; when it fires, the request is cancelled.
+	watchdog := time.AfterFunc(c.HeartbeatTimeout, func() {
+		cancel(fmt.Errorf("no heartbeat from the primary for %s", c.HeartbeatTimeout))
+	})
+	defer watchdog.Stop()
+
+	r := bufio.NewReaderSize(resp.Body, 64<<10)
+	var file *incoming
+	defer func() { file.discard() }()
+	for {
+		typ, payload, err := readFrame(r)
+		if err != nil {
+			if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil {
+				err = cause
+			}
+			return progressed, err
+		}
+		watchdog.Reset(c.HeartbeatTimeout)
+		progressed = true
+		switch typ {
+		case frameHello:
+			var h streamHello
+			if err := json.Unmarshal(payload, &h); err != nil {
+				return progressed, fmt.Errorf("%w: hello: %v", ErrBadFrame, err)
+			}
+			c.Store.setPrimaryHostname(h.Hostname)
+			c.Logger.Info("connected to the primary", slog.String("primary", h.Hostname), slog.String("url", c.URL))
+		case frameHeartbeat:
+			var h streamHeartbeat
+			if err := json.Unmarshal(payload, &h); err != nil {
+				return progressed, fmt.Errorf("%w: heartbeat: %v", ErrBadFrame, err)
+			}
+			pos := make(map[string]ltx.Pos, len(h.Positions))
+			for name, p := range h.Positions {
+				if pos[name], err = ltx.ParsePos(p); err != nil {
+					return progressed, fmt.Errorf("%w: heartbeat: %v", ErrBadFrame, err)
+				}
+			}
+			c.Store.setPrimaryPositions(pos)
+		case frameBegin:
+			var b streamBegin
+			if err := json.Unmarshal(payload, &b); err != nil {
+				return progressed, fmt.Errorf("%w: begin: %v", ErrBadFrame, err)
+			}
+			file.discard()
+			if file, err = c.newIncoming(b); err != nil {
+				return progressed, err
+			}
+		case frameChunk:
+			if file == nil {
+				return progressed, fmt.Errorf("%w: chunk outside a file", ErrBadFrame)
+			}
+			if err := file.write(payload); err != nil {
+				return progressed, err
+			}
+		case frameEnd:
+			if file == nil {
+				return progressed, fmt.Errorf("%w: end outside a file", ErrBadFrame)
+			}
+			err := c.apply(ctx, file)
+			file.discard()
+			file = nil
+			if err != nil {
+				return progressed, err
+			}
+		case frameDelete:
+			var d streamDelete
+			if err := json.Unmarshal(payload, &d); err != nil {
+				return progressed, fmt.Errorf("%w: delete: %v", ErrBadFrame, err)
+			}
+			if err := c.delete(d.DB); err != nil {
+				return progressed, err
+			}
+		}
+	}
+}
+
+// incoming is a file being received, spooled to disk.
+type incoming struct {
+	begin streamBegin
+	f     *os.File
+	n     int64
+}
+
+func (c *Client) newIncoming(b streamBegin) (*incoming, error) {
+	if err := ValidateName(b.DB); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadFrame, err)
+	}
+	f, err := os.CreateTemp(c.Store.TempDir(), "recv-*.ltx")
+	if err != nil {
+		return nil, err
+	}
+	return &incoming{begin: b, f: f}, nil
+}
+
+func (in *incoming) write(p []byte) error {
+	if in.n+int64(len(p)) > in.begin.Size {
+		return fmt.Errorf("%w: file for %q longer than the %d bytes announced", ErrBadFrame, in.begin.DB, in.begin.Size)
+	}
+	n, err := in.f.Write(p)
+	in.n += int64(n)
+	return err
+}
+
+func (in *incoming) discard() {
+	if in == nil {
+		return
+	}
+	in.f.Close()
+	os.Remove(in.f.Name())
+}
+
+// apply checks a received file and applies it.
+func (c *Client) apply(ctx context.Context, in *incoming) error {
+	if in.n != in.begin.Size {
+		return fmt.Errorf("%w: file for %q has %d of %d bytes", ErrBadFrame, in.begin.DB, in.n, in.begin.Size)
+	}
+	if err := in.f.Sync(); err != nil {
+		return err
+	}
+	if err := in.f.Close(); err != nil {
+		return err
+	}
+	name := in.begin.DB
+	db := c.Store.DB(name)
+	if db != nil && in.begin.Divergent {
+		if _, err := c.Store.MoveAside(name, "its history differs from the primary's, which replaces it"); err != nil {
+			return err
+		}
+		db = nil
+	}
+	if db == nil {
+		var err error
+		if db, err = c.Store.CreateDB(name); err != nil {
+			return err
+		}
+		if c.Gate != nil {
+			_ = c.Gate.Invalidate(name)
+		}
+	}
+	if err := db.Apply(ctx, in.f.Name(), c.Gate); err != nil {
+		return fmt.Errorf("apply to %q: %w", name, err)
+	}
+	c.Store.updateLag()
+	return nil
+}
+
+func (c *Client) delete(name string) error {
+	if c.Store.DB(name) == nil {
+		return nil
+	}
+	if err := c.Store.DeleteDB(name); err != nil {
+		return err
+	}
+	if c.Gate != nil {
+		return c.Gate.Invalidate(name)
+	}
+	return nil
+}
