@@ -81,22 +81,14 @@ func lockRange(ctx context.Context, path string, start, n int64) (unlock func() 
 // WAL, and the WAL index header is zeroed, so the next reader rebuilds the
 // index from the WAL. The caller holds the locks (LockDB, LockWAL).
 func (fs *FS) Invalidate(name string) error {
-	names := []string{name, name + "-journal", name + "-wal", name + "-shm", name + "-pos"}
 	fs.mu.Lock()
 	var ids []fuse.NodeID
-	for _, name := range names[:4] {
+	for _, name := range []string{name, name + "-wal", name + "-shm"} {
 		if n := fs.names[name]; n != nil {
 			ids = append(ids, n.id)
 		}
 	}
 	fs.mu.Unlock()
-	// A database created or deleted by the node: the kernel may hold
-	// entries for the names.
-	for _, name := range names {
-		if err := fs.conn.InvalidateEntry(fuse.RootID, name); err != nil && !errors.Is(err, fuse.ErrNotCached) {
-			return fmt.Errorf("invalidate %s: %w", name, err)
-		}
-	}
 	for _, id := range ids {
 		if err := fs.conn.InvalidateNode(id, 0, -1); err != nil && !errors.Is(err, fuse.ErrNotCached) {
 			return fmt.Errorf("invalidate %s: %w", name, err)
@@ -115,6 +107,19 @@ func (fs *FS) Invalidate(name string) error {
 	}
 	if _, err := f.WriteAt(make([]byte, walIndexHeaderSize), 0); err != nil {
 		return fmt.Errorf("reset wal index of %s: %w", name, err)
+	}
+	return nil
+}
+
+// Forget drops the kernel's cached entries for a database and its
+// companion files, after the node created or deleted it underneath the
+// mount. It must not be called while holding a lock that a request
+// handler may wait for: the kernel takes the directory's lock for it.
+func (fs *FS) Forget(name string) error {
+	for _, name := range []string{name, name + "-journal", name + "-wal", name + "-shm", name + "-pos"} {
+		if err := fs.conn.InvalidateEntry(fuse.RootID, name); err != nil && !errors.Is(err, fuse.ErrNotCached) {
+			return fmt.Errorf("invalidate %s: %w", name, err)
+		}
 	}
 	return nil
 }

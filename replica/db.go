@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -36,11 +37,12 @@ type DB struct {
 	mu       sync.Mutex
 	f        *os.File
 	log      *ltx.Log
-	pageSize uint32              // zero until the first page is written
-	chk      *checksum.Table     // checksums of the committed database
-	pos      ltx.Pos             // position of the committed database
-	dirty    map[uint32]struct{} // pages written since the last commit
-	resized  bool                // truncated since the last commit
+	pageSize uint32                  // zero until the first page is written
+	chk      *checksum.Table         // checksums of the committed database
+	pos      ltx.Pos                 // position of the committed database
+	posCopy  atomic.Pointer[ltx.Pos] // pos, readable without mu
+	dirty    map[uint32]struct{}     // pages written since the last commit
+	resized  bool                    // truncated since the last commit
 	closed   bool
 	changed  chan struct{} // closed and replaced when pos moves
 
@@ -75,6 +77,12 @@ func openDB(name, dir string, logger *slog.Logger) (_ *DB, err error) {
 	defer func() {
 		if err != nil {
 			_ = db.f.Close()
+		}
+	}()
+	defer func() {
+		if err == nil {
+			pos := db.pos
+			db.posCopy.Store(&pos)
 		}
 	}()
 	if err := db.recover(); err != nil {
@@ -202,11 +210,13 @@ func (db *DB) LTXDir() string { return db.log.Dir() }
 // Log returns the database's LTX log.
 func (db *DB) Log() *ltx.Log { return db.log }
 
-// Pos returns the position of the last committed transaction.
+// Pos returns the position of the last committed transaction. It never
+// waits, even while a commit or an apply is under way.
 func (db *DB) Pos() ltx.Pos {
-	db.mu.Lock()
-	defer db.mu.Unlock()
-	return db.pos
+	if p := db.posCopy.Load(); p != nil {
+		return *p
+	}
+	return ltx.Pos{}
 }
 
 // PageSize returns the page size; zero before the first write.
@@ -223,8 +233,11 @@ func (db *DB) Changed() <-chan struct{} {
 	return db.changed
 }
 
-// publish wakes whoever waits for the position to move. db.mu held.
+// publish makes db.pos visible and wakes whoever waits for it to move.
+// db.mu held.
 func (db *DB) publish() {
+	pos := db.pos
+	db.posCopy.Store(&pos)
 	close(db.changed)
 	db.changed = make(chan struct{})
 	if db.onChange != nil {

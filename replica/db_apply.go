@@ -22,8 +22,11 @@ type Gate interface {
 	// database is in WAL mode, whose connections hold other locks.
 	Lock(ctx context.Context, db string, wal bool) (unlock func() error, err error)
 	// Invalidate makes connections drop what they cache of the database:
-	// pages, attributes and the WAL index.
+	// pages, attributes and the WAL index. It is called without db locks.
 	Invalidate(db string) error
+	// Forget drops the kernel's cached names of a database that was
+	// created or deleted underneath the mount.
+	Forget(db string) error
 }
 
 // PosMismatchError is returned by Apply when an LTX file does not apply to
@@ -54,28 +57,26 @@ func (db *DB) Apply(ctx context.Context, path string, gate Gate) error {
 	}
 	hdr := d.Header
 	db.mu.Lock()
-	defer db.mu.Unlock()
 	if db.closed {
+		db.mu.Unlock()
 		return ErrClosed
 	}
 	if !hdr.IsSnapshot() && hdr.PreApplyPos() != db.pos {
+		db.mu.Unlock()
 		return &PosMismatchError{DB: db.name, Pos: db.pos, Want: hdr.PreApplyPos()}
 	}
-	if db.pageSize != 0 && hdr.PageSize != db.pageSize && !hdr.IsSnapshot() {
-		return fmt.Errorf("ltx page size %d, database page size %d", hdr.PageSize, db.pageSize)
-	}
-	if err := db.log.Adopt(path, hdr, d.PostApplyChecksum); err != nil {
-		return fmt.Errorf("adopt ltx: %w", err)
-	}
-	logPath := db.log.Path(hdr.MinTXID, hdr.MaxTXID)
-
 	var unlock func() error
 	if gate != nil {
 		if unlock, err = gate.Lock(ctx, db.name, db.isWAL()); err != nil {
+			db.mu.Unlock()
 			return fmt.Errorf("keep readers out: %w", err)
 		}
 	}
-	err = db.applyFile(logPath)
+	err = db.applyLocked(path, hdr, d.PostApplyChecksum)
+	db.mu.Unlock()
+	// Invalidation talks to the kernel, which may be waiting on a request
+	// that needs db.mu: it runs after db.mu is released, while the gate
+	// still keeps readers out.
 	if gate != nil {
 		if ierr := gate.Invalidate(db.name); err == nil {
 			err = ierr
@@ -84,13 +85,22 @@ func (db *DB) Apply(ctx context.Context, path string, gate Gate) error {
 			err = uerr
 		}
 	}
-	if err != nil {
+	return err
+}
+
+// applyLocked logs and applies a verified LTX file. db.mu held, readers
+// kept out.
+func (db *DB) applyLocked(path string, hdr ltx.Header, post checksum.Checksum) error {
+	if err := db.log.Adopt(path, hdr, post); err != nil {
+		return fmt.Errorf("adopt ltx: %w", err)
+	}
+	if err := db.applyFile(db.log.Path(hdr.MinTXID, hdr.MaxTXID)); err != nil {
 		return fmt.Errorf("apply ltx %s: %w", hdr.MaxTXID, err)
 	}
-	if got := db.chk.Sum(); got != d.PostApplyChecksum {
-		return fmt.Errorf("apply ltx %s: database checksum %s after apply, file says %s", hdr.MaxTXID, got, d.PostApplyChecksum)
+	if got := db.chk.Sum(); got != post {
+		return fmt.Errorf("apply ltx %s: database checksum %s after apply, file says %s", hdr.MaxTXID, got, post)
 	}
-	db.pos = ltx.Pos{TXID: hdr.MaxTXID, Checksum: d.PostApplyChecksum}
+	db.pos = ltx.Pos{TXID: hdr.MaxTXID, Checksum: post}
 	db.publish()
 	db.logger.Debug("applied", slog.String(LogKeyTXID, hdr.MaxTXID.String()), slog.Bool("snapshot", hdr.IsSnapshot()))
 	return nil

@@ -238,7 +238,9 @@ func (c *Client) apply(ctx context.Context, in *incoming) error {
 			return err
 		}
 		if c.Gate != nil {
-			_ = c.Gate.Invalidate(name)
+			if err := c.Gate.Forget(name); err != nil {
+				return err
+			}
 		}
 	}
 	if err := db.Apply(ctx, in.f.Name(), c.Gate); err != nil {
@@ -256,7 +258,7 @@ func (c *Client) delete(name string) error {
 		return err
 	}
 	if c.Gate != nil {
-		return c.Gate.Invalidate(name)
+		return c.Gate.Forget(name)
 	}
 	return nil
 }
