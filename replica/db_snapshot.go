@@ -11,12 +11,30 @@ import (
 	"github.com/litefs-project/litefs/ltx"
 )
 
+// journalActive reports whether a rollback journal holds a transaction
+// (a valid header): until it ends, the database file may hold uncommitted
+// pages. Checkpoints in WAL mode write committed pages without a journal.
+func (db *DB) journalActive() (bool, error) {
+	f, err := os.Open(db.JournalPath())
+	if os.IsNotExist(err) {
+		return false, nil
+	} else if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	b := make([]byte, len(journalMagic))
+	if n, _ := f.ReadAt(b, 0); n < len(b) {
+		return false, nil
+	}
+	return IsJournalMagic(b), nil
+}
+
 // WriteSnapshot writes the database as readers see it at its current
 // position to w, as an LTX snapshot (every page, TXIDs 1 to the position),
 // and returns the snapshot's header and checksum. It holds the database's
 // lock while it reads, so commits wait; it first waits for a rollback-mode
-// transaction that is writing pages to commit, since the file holds
-// uncommitted pages until then.
+// transaction in progress to end, since the file may hold its uncommitted
+// pages until then.
 func (db *DB) WriteSnapshot(ctx context.Context, w io.Writer) (ltx.Header, checksum.Checksum, error) {
 	for {
 		db.mu.Lock()
@@ -24,7 +42,10 @@ func (db *DB) WriteSnapshot(ctx context.Context, w io.Writer) (ltx.Header, check
 			db.mu.Unlock()
 			return ltx.Header{}, 0, ErrClosed
 		}
-		if len(db.dirty) == 0 && !db.resized {
+		if active, err := db.journalActive(); err != nil {
+			db.mu.Unlock()
+			return ltx.Header{}, 0, err
+		} else if !active {
 			break
 		}
 		db.mu.Unlock()

@@ -106,8 +106,48 @@ func TestReplication_Converge(t *testing.T) {
 					t.Errorf("%s: other.db %q", r.Name, got)
 				}
 			}
+			// A deleted database goes away on replicas too.
+			if err := os.Remove(c.Primary.Path("other.db")); err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range c.Replicas {
+				waitUntil(t, 10*time.Second, r.Name+" to delete other.db", func() bool {
+					_, err := os.Stat(r.Path("other.db"))
+					return os.IsNotExist(err)
+				})
+				if _, err := os.Stat(filepath.Join(r.DataDir, "dbs", "other.db")); !os.IsNotExist(err) {
+					t.Errorf("%s: other.db's directory is still there: %v", r.Name, err)
+				}
+			}
 		})
 	}
+}
+
+// TestReplication_Lag reads .lag: zero on a replica that has everything the
+// primary last reported, growing while the primary is unreachable.
+func TestReplication_Lag(t *testing.T) {
+	c := startCluster(t, 1, "")
+	r := c.Replicas[0]
+	mustSQLite3(t, c.Primary.Path("app.db"), "CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+	c.WaitConverged(t, "app.db")
+	waitUntil(t, 10*time.Second, ".lag to read 0", func() bool {
+		return strings.TrimSpace(readFile(t, r.Path(".lag"))) == "0"
+	})
+	if _, err := os.Stat(c.Primary.Path(".lag")); !os.IsNotExist(err) {
+		t.Errorf(".lag on the primary: %v", err)
+	}
+	c.Primary.Stop()
+	waitUntil(t, 15*time.Second, ".lag to grow and .primary to go", func() bool {
+		lag := strings.TrimSpace(readFile(t, r.Path(".lag")))
+		_, err := os.Stat(r.Path(".primary"))
+		return lag != "0" && os.IsNotExist(err)
+	})
+	// Reads go on from local data while the primary is away.
+	if got := dump(t, r, "app.db", "SELECT x FROM t"); got != "1" {
+		t.Fatalf("read on replica without primary: %q", got)
+	}
+	c.Primary.Start()
+	c.WaitConverged(t, "app.db")
 }
 
 func TestReplication_ReadOnly(t *testing.T) {

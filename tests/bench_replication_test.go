@@ -1,0 +1,119 @@
+package tests
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/litefs-project/litefs/ltx"
+)
+
+// benchCluster starts a primary and one replica from the plain binary.
+func benchCluster(b *testing.B) (*Node, *Node) {
+	b.Helper()
+	bin, err := buildLitefs(false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := NewNodeWith(b, NodeConfig{Name: "primary"})
+	p.Bin = bin
+	p.Start()
+	r := NewNodeWith(b, NodeConfig{Name: "replica1", Replica: true, PrimaryURL: p.URL()})
+	r.Bin = bin
+	r.Start()
+	return p, r
+}
+
+// replicaTXID reads a database's TXID from a replica's -pos file; zero if
+// the database is not there yet.
+func replicaTXID(r *Node, db string) ltx.TXID {
+	b, err := os.ReadFile(r.Path(db + "-pos"))
+	if err != nil {
+		return 0
+	}
+	pos, err := ltx.ParsePos(string(b))
+	if err != nil {
+		return 0
+	}
+	return pos.TXID
+}
+
+// BenchmarkReplicationLag commits single-row transactions on the primary,
+// one after another, and measures for each the time from its COMMIT
+// returning to the replica's -pos showing it (polled through the replica's
+// mount, which adds a few tens of microseconds).
+//
+//	go test ./tests -run '^$' -bench ReplicationLag -benchtime 2000x
+func BenchmarkReplicationLag(b *testing.B) {
+	for _, mode := range []string{"DELETE", "WAL"} {
+		b.Run(mode, func(b *testing.B) {
+			p, r := benchCluster(b)
+			db := p.OpenDB("lag.db", mode)
+			db.SetMaxOpenConns(1)
+			if _, err := db.Exec(`CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)`); err != nil {
+				b.Fatal(err)
+			}
+			waitUntil(b, 10*time.Second, "replica to have lag.db", func() bool { return replicaTXID(r, "lag.db") >= p.Pos("lag.db").TXID })
+			lags := make([]time.Duration, 0, b.N)
+			v := strings.Repeat("x", 100)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := db.Exec(`INSERT INTO t (v) VALUES (?)`, v); err != nil {
+					b.Fatal(err)
+				}
+				committed := time.Now()
+				want := p.Pos("lag.db").TXID
+				for replicaTXID(r, "lag.db") < want {
+					if time.Since(committed) > 10*time.Second {
+						b.Fatalf("replica did not reach txid %d within 10s", want)
+					}
+				}
+				lags = append(lags, time.Since(committed))
+			}
+			b.StopTimer()
+			sort.Slice(lags, func(i, j int) bool { return lags[i] < lags[j] })
+			q := func(f float64) float64 { return float64(lags[int(f*float64(len(lags)-1))].Microseconds()) / 1000 }
+			b.ReportMetric(q(0.5), "p50-ms")
+			b.ReportMetric(q(0.99), "p99-ms")
+			b.ReportMetric(q(1), "max-ms")
+		})
+	}
+}
+
+// BenchmarkCatchUp builds a database of about 100 MB on the primary, then
+// starts a fresh replica and measures the time until it has it all.
+//
+//	go test ./tests -run '^$' -bench CatchUp -benchtime 1x
+func BenchmarkCatchUp(b *testing.B) {
+	bin, err := buildLitefs(false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := NewNodeWith(b, NodeConfig{Name: "primary"})
+	p.Bin = bin
+	p.Start()
+	const rows = 25000 // about 4 KB each
+	mustSQLite3(b, p.Path("big.db"), fmt.Sprintf(`PRAGMA journal_mode=WAL; CREATE TABLE t (v BLOB);
+		WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < %d) INSERT INTO t SELECT randomblob(4000) FROM s;
+		PRAGMA wal_checkpoint(TRUNCATE);`, rows))
+	fi, err := os.Stat(p.Path("big.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	want := p.Pos("big.db").TXID
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		r := NewNodeWith(b, NodeConfig{Name: fmt.Sprintf("replica%d", i), Replica: true, PrimaryURL: p.URL()})
+		r.Bin = bin
+		start := time.Now()
+		r.Start()
+		waitUntil(b, 5*time.Minute, "replica to catch up", func() bool { return replicaTXID(r, "big.db") >= want })
+		elapsed := time.Since(start)
+		b.ReportMetric(elapsed.Seconds(), "catchup-s")
+		b.ReportMetric(float64(fi.Size())/1e6/elapsed.Seconds(), "MB/s")
+		r.Stop()
+	}
+}
