@@ -135,7 +135,7 @@ func (s *Server) stream(ctx context.Context, st *streamWriter, sent map[string]l
 	}
 	heartbeat := time.NewTicker(s.HeartbeatInterval)
 	defer heartbeat.Stop()
-	for {
+	for first := true; ; first = false {
 		changed := s.Store.Changed()
 		for _, db := range s.Store.DBs() {
 			pos, err := s.sendDB(ctx, st, db, sent[db.Name()], logger)
@@ -152,17 +152,26 @@ func (s *Server) stream(ctx context.Context, st *streamWriter, sent map[string]l
 				delete(sent, name)
 			}
 		}
+		if first { // the replica learns at once where the primary is
+			if err := s.heartbeat(st); err != nil {
+				return err
+			}
+		}
 		st.flush()
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-changed:
 		case <-heartbeat.C:
-			if err := st.json(frameHeartbeat, streamHeartbeat{TimeMS: time.Now().UnixMilli(), Positions: s.positions()}); err != nil {
+			if err := s.heartbeat(st); err != nil {
 				return err
 			}
 		}
 	}
+}
+
+func (s *Server) heartbeat(st *streamWriter) error {
+	return st.json(frameHeartbeat, streamHeartbeat{TimeMS: time.Now().UnixMilli(), Positions: s.positions()})
 }
 
 // sendDB brings a replica at position from up to the database's position
