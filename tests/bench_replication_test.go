@@ -11,18 +11,25 @@ import (
 	"github.com/litefs-project/litefs/ltx"
 )
 
-// benchCluster starts a primary and one replica from the plain binary.
-func benchCluster(b *testing.B) (*Node, *Node) {
+// benchNode prepares a node that runs the plain (not race-detecting)
+// binary.
+func benchNode(b *testing.B, cfg NodeConfig) *Node {
 	b.Helper()
 	bin, err := buildLitefs(false)
 	if err != nil {
 		b.Fatal(err)
 	}
-	p := NewNodeWith(b, NodeConfig{Name: "primary"})
-	p.Bin = bin
+	n := NewNodeWith(b, cfg)
+	n.Bin = bin
+	return n
+}
+
+// benchCluster starts a primary and one replica.
+func benchCluster(b *testing.B) (*Node, *Node) {
+	b.Helper()
+	p := benchNode(b, NodeConfig{Name: "primary"})
 	p.Start()
-	r := NewNodeWith(b, NodeConfig{Name: "replica1", Replica: true, PrimaryURL: p.URL()})
-	r.Bin = bin
+	r := benchNode(b, NodeConfig{Name: "replica1", Replica: true, PrimaryURL: p.URL()})
 	r.Start()
 	return p, r
 }
@@ -88,12 +95,7 @@ func BenchmarkReplicationLag(b *testing.B) {
 //
 //	go test ./tests -run '^$' -bench CatchUp -benchtime 1x
 func BenchmarkCatchUp(b *testing.B) {
-	bin, err := buildLitefs(false)
-	if err != nil {
-		b.Fatal(err)
-	}
-	p := NewNodeWith(b, NodeConfig{Name: "primary"})
-	p.Bin = bin
+	p := benchNode(b, NodeConfig{Name: "primary"})
 	p.Start()
 	const rows = 25000 // about 4 KB each
 	mustSQLite3(b, p.Path("big.db"), fmt.Sprintf(`PRAGMA journal_mode=WAL; CREATE TABLE t (v BLOB);
@@ -106,8 +108,7 @@ func BenchmarkCatchUp(b *testing.B) {
 	want := p.Pos("big.db").TXID
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		r := NewNodeWith(b, NodeConfig{Name: fmt.Sprintf("replica%d", i), Replica: true, PrimaryURL: p.URL()})
-		r.Bin = bin
+		r := benchNode(b, NodeConfig{Name: fmt.Sprintf("replica%d", i), Replica: true, PrimaryURL: p.URL()})
 		start := time.Now()
 		r.Start()
 		waitUntil(b, 5*time.Minute, "replica to catch up", func() bool { return replicaTXID(r, "big.db") >= want })

@@ -22,12 +22,7 @@ func benchTarget(b *testing.B, target string) string {
 	if target == "plain" {
 		return filepath.Join(b.TempDir(), "bench.db")
 	}
-	bin, err := buildLitefs(false)
-	if err != nil {
-		b.Fatal(err)
-	}
-	n := NewNode(b, "")
-	n.Bin = bin
+	n := benchNode(b, NodeConfig{Name: "node1"})
 	n.Start()
 	return n.Path("bench.db")
 }
