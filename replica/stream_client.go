@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -49,7 +50,13 @@ func NewClient(url string, store *Store, gate Gate) *Client {
 		URL: strings.TrimRight(url, "/"), Store: store, Gate: gate,
 		HeartbeatTimeout: DefaultHeartbeatTimeout,
 		MinBackoff:       DefaultMinBackoff, MaxBackoff: DefaultMaxBackoff,
-		HTTPClient: &http.Client{}, Logger: store.Logger,
+		HTTPClient: &http.Client{Transport: &http.Transport{
+			// An unreachable primary must fail fast, not after the
+			// system's TCP timeouts: the replica keeps retrying.
+			DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
+			ResponseHeaderTimeout: 10 * time.Second,
+		}},
+		Logger: store.Logger,
 	}
 }
 
