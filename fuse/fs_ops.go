@@ -57,7 +57,7 @@ func (fs *FS) handle(req fuse.Request) {
 	case *fuse.MkdirRequest:
 		fs.unsupported(r, "subdirectories are not supported: keep databases at the top of the mount")
 	case *fuse.RenameRequest:
-		fs.unsupported(r, "renaming is not supported: to restore or move a database use `litefs import`")
+		fs.unsupported(r, "renaming is not supported: to load a database under a new name use sqlite3 NEW.db \".restore OLD.db\" in the mount")
 	case *fuse.LinkRequest:
 		fs.unsupported(r, "hard links are not supported")
 	case *fuse.SymlinkRequest:
@@ -108,7 +108,7 @@ func (fs *FS) errno(op string, n *node, err error) error {
 		return fuse.Errno(syscall.EROFS)
 	case errors.Is(err, replica.ErrNotPageWrite):
 		fs.Logger.Warn(op+" refused: "+err.Error()+
-			"; only SQLite may write database files in the mount: to load an existing database file use `litefs import`",
+			"; only SQLite may write database files in the mount: to load an existing database file, run sqlite3 on the mount's database with \".restore /path/to/file.db\" (litefs import, for manual recovery, is planned)",
 			slog.String(replica.LogKeyDB, n.db.Name()))
 		return fuse.Errno(syscall.EINVAL)
 	default:

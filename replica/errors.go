@@ -11,7 +11,7 @@ import (
 var (
 	// ErrNotPageWrite is returned by DB.WriteAt when a write to a database
 	// file is not one whole, page-aligned page. SQLite never does that;
-	// copying a file into the mount does (use `litefs import` instead).
+	// copying a file into the mount does (load a file with sqlite3's .restore).
 	ErrNotPageWrite = errors.New("write is not a whole, page-aligned database page")
 
 	// ErrNotSQLite is returned when a database file does not start with a

@@ -202,9 +202,15 @@ func TestMount_Unsupported(t *testing.T) {
 		if _, err := f.Write(append(b, b...)); !errors.Is(err, syscall.EINVAL) {
 			t.Fatalf("write of %d bytes: got %v, want EINVAL", 2*len(b), err)
 		}
-		waitUntil(t, 5*time.Second, "a log line about litefs import", func() bool {
-			return strings.Contains(n.Logs(), "litefs import")
+		waitUntil(t, 5*time.Second, "a log line about .restore", func() bool {
+			return strings.Contains(n.Logs(), ".restore")
 		})
+		// What the log line says to do works: the file arrives through
+		// SQLite, as one transaction.
+		mustSQLite3(t, n.Path("restored.db"), ".restore "+src)
+		if got := mustSQLite3(t, n.Path("restored.db"), "SELECT x FROM t; PRAGMA integrity_check"); got != "42\nok" {
+			t.Fatalf("restored: %q", got)
+		}
 	})
 	t.Run("PartialPageWrite", func(t *testing.T) {
 		f, err := os.OpenFile(n.Path("app.db"), os.O_WRONLY, 0)

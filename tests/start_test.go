@@ -110,7 +110,7 @@ func TestStart_CorruptLTX(t *testing.T) {
 		t.Fatal("litefs started on a corrupt ltx file")
 	}
 	logs := n.Logs()
-	if !strings.Contains(logs, last) || !strings.Contains(logs, "corrupt ltx file") || !strings.Contains(logs, "litefs import") {
+	if !strings.Contains(logs, last) || !strings.Contains(logs, "corrupt ltx file") || !strings.Contains(logs, ".restore") {
 		t.Fatalf("error does not name the file and the way out:\n%s", logs)
 	}
 	checkUnchanged(t, before, snapshotDir(t, n.DataDir))

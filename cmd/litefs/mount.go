@@ -171,11 +171,11 @@ func (c *MountCommand) Run(ctx context.Context) error {
 func remedy(err error) string {
 	if errors.Is(err, replica.ErrChecksumMismatch) {
 		return "\nthe database file does not match its transaction log; nothing was changed. " +
-			"Move the database's directory out of data.dir/dbs to keep it aside, then restart and restore it with `litefs import`"
+			"Move the database's directory out of data.dir/dbs to keep it aside and restart; then load the copy you trust with sqlite3 MOUNT/DB \".restore FILE\" (a replica needs nothing: it moves the database aside and takes a snapshot by itself)"
 	}
 	if errors.Is(err, replica.ErrCorruptLTX) {
 		return "\nan LTX file is damaged; nothing was changed. Move the named file (or the database's directory) " +
-			"out of the data directory and restart, then restore the database with `litefs import` if needed"
+			"out of the data directory and restart, then load the database you trust with sqlite3 MOUNT/DB \".restore FILE\" if needed"
 	}
 	return ""
 }
