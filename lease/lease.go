@@ -5,6 +5,7 @@ package lease
 import (
 	"context"
 	"errors"
+	"time"
 )
 
 var (
@@ -34,6 +35,9 @@ type Leaser interface {
 type Lease interface {
 	// Renew extends the lease; an error means the node must stop writing.
 	Renew(ctx context.Context) error
+	// Deadline returns the earliest time the lease could expire without a
+	// renewal; the primary must stop writing before it. Zero means never.
+	Deadline() time.Time
 	// Close releases the lease.
 	Close() error
 }
@@ -67,4 +71,5 @@ func (s *Static) PrimaryInfo(ctx context.Context) (PrimaryInfo, error) {
 type staticLease struct{}
 
 func (staticLease) Renew(ctx context.Context) error { return nil }
+func (staticLease) Deadline() time.Time             { return time.Time{} }
 func (staticLease) Close() error                    { return nil }
