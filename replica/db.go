@@ -44,7 +44,6 @@ type DB struct {
 	dirty    map[uint32]struct{}     // pages written since the last commit
 	resized  bool                    // truncated since the last commit
 	closed   bool
-	changed  chan struct{} // closed and replaced when pos moves
 
 	onError  func(error) // reports failures the store's owner may stop for
 	onChange func()      // tells the store the position moved
@@ -57,11 +56,10 @@ type DB struct {
 // must then equal the log's position. Nothing is changed if it does not.
 func openDB(name, dir string, logger *slog.Logger) (_ *DB, err error) {
 	db := &DB{
-		name:    name,
-		dir:     dir,
-		logger:  logger.With(slog.String(LogKeyDB, name)),
-		dirty:   make(map[uint32]struct{}),
-		changed: make(chan struct{}),
+		name:   name,
+		dir:    dir,
+		logger: logger.With(slog.String(LogKeyDB, name)),
+		dirty:  make(map[uint32]struct{}),
 	}
 	// A newest LTX file that fails verification is either torn (a crash
 	// before its sync returned, so never acknowledged) or damaged; recover
@@ -204,9 +202,6 @@ func (db *DB) WALPath() string { return db.path(WALFile) }
 // SHMPath returns the path of the WAL index in the data directory.
 func (db *DB) SHMPath() string { return db.path(SHMFile) }
 
-// LTXDir returns the directory of the database's LTX files.
-func (db *DB) LTXDir() string { return db.log.Dir() }
-
 // Log returns the database's LTX log.
 func (db *DB) Log() *ltx.Log { return db.log }
 
@@ -226,20 +221,11 @@ func (db *DB) PageSize() uint32 {
 	return db.pageSize
 }
 
-// Changed returns a channel closed at the next change of position.
-func (db *DB) Changed() <-chan struct{} {
-	db.mu.Lock()
-	defer db.mu.Unlock()
-	return db.changed
-}
-
-// publish makes db.pos visible and wakes whoever waits for it to move.
+// publish makes db.pos visible to Pos and tells the store it moved.
 // db.mu held.
 func (db *DB) publish() {
 	pos := db.pos
 	db.posCopy.Store(&pos)
-	close(db.changed)
-	db.changed = make(chan struct{})
 	if db.onChange != nil {
 		db.onChange()
 	}
