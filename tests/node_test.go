@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -400,16 +401,17 @@ func replayLog(t testing.TB, dir string, pos ltx.Pos) []byte {
 	return db
 }
 
-// served reports whether the mount is up and answered by a live server (a
-// stale mount left by a killed process answers ENOTCONN).
+// served reports whether this process's mount is up. litefs starts its API
+// only after mounting, so an answer from the API means the new mount is in
+// place; the mount table alone can still list a stale mount that the new
+// process is about to replace.
 func (n *Node) served() bool {
-	if !isMounted(n.MountDir) {
+	resp, err := http.Get(n.URL() + "/info")
+	if err != nil {
 		return false
 	}
-	// Opening the directory always reaches the server; a stat could be
-	// answered from the kernel's cache.
-	_, err := os.ReadDir(n.MountDir)
-	return err == nil
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK && isMounted(n.MountDir)
 }
 
 // isMounted reports whether dir is a FUSE mount point.
