@@ -51,24 +51,30 @@ func (fs *FS) LockWAL(ctx context.Context, name string) (unlock func() error, er
 	return unlock, err
 }
 
+// lockRange takes a write lock on n bytes at start of the file at path, an
+// open file description lock, waiting for it until ctx ends. The file is
+// opened with a raw system call: an *os.File would register it with Go's
+// network poller, whose epoll calls then send this very filesystem poll
+// requests from a thread the whole process depends on.
 func lockRange(ctx context.Context, path string, start, n int64) (unlock func() error, err error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", filepath.Base(path), err)
+		return nil, fmt.Errorf("lock %s: %w", filepath.Base(path), &os.PathError{Op: "open", Path: path, Err: err})
 	}
+	closeFD := func() error { return unix.Close(fd) } // releases the description's locks
 	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: start, Len: n}
 	for {
-		err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk)
+		err := unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLK, &lk)
 		if err == nil {
-			return f.Close, nil // closing the description releases its locks
+			return closeFD, nil
 		}
 		if !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EACCES) {
-			_ = f.Close()
+			_ = closeFD()
 			return nil, fmt.Errorf("lock %s: %w", filepath.Base(path), err)
 		}
 		select {
 		case <-ctx.Done():
-			_ = f.Close()
+			_ = closeFD()
 			return nil, fmt.Errorf("lock %s: %w", filepath.Base(path), context.Cause(ctx))
 		case <-time.After(time.Millisecond):
 		}
@@ -94,18 +100,20 @@ func (fs *FS) Invalidate(name string) error {
 			return fmt.Errorf("invalidate %s: %w", name, err)
 		}
 	}
-	// Through the mount, so that connections' mappings of the index see it.
-	f, err := os.OpenFile(filepath.Join(fs.Path, name+"-shm"), os.O_RDWR, 0)
-	if os.IsNotExist(err) {
+	// Through the mount, so that connections' mappings of the index see
+	// it; with a raw descriptor, as in lockRange.
+	fd, err := unix.Open(filepath.Join(fs.Path, name+"-shm"), unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
 		return nil
 	} else if err != nil {
+		return fmt.Errorf("reset wal index of %s: %w", name, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Size < walIndexHeaderSize {
 		return err
 	}
-	defer f.Close()
-	if fi, err := f.Stat(); err != nil || fi.Size() < walIndexHeaderSize {
-		return err
-	}
-	if _, err := f.WriteAt(make([]byte, walIndexHeaderSize), 0); err != nil {
+	if _, err := unix.Pwrite(fd, make([]byte, walIndexHeaderSize), 0); err != nil {
 		return fmt.Errorf("reset wal index of %s: %w", name, err)
 	}
 	return nil
