@@ -8,9 +8,10 @@ import (
 	"github.com/litefs-project/litefs/checksum"
 )
 
-func TestPage_KnownValue(t *testing.T) {
-	// The value the LTX format gives for page 1 of 4096 zero bytes; checked
-	// against github.com/superfly/ltx in the ltx package's tests too.
+func TestPage_Flag(t *testing.T) {
+	// Equality with the LTX codec's page checksum is checked in the ltx
+	// package (TestChecksum_MatchesCodec); here, the flag and the page
+	// number's part in it.
 	got := checksum.Page(1, make([]byte, 4096))
 	if got&checksum.Flag == 0 {
 		t.Fatalf("flag not set: %s", got)
