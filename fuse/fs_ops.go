@@ -106,6 +106,11 @@ func (fs *FS) errno(op string, n *node, err error) error {
 				"\"attempt to write a readonly database\"); send writes to the primary", slog.String("primary", primary))
 		}
 		return fuse.Errno(syscall.EROFS)
+	case errors.Is(err, replica.ErrFenced):
+		if fs.readOnlyLog.Allow() {
+			fs.Logger.Warn(op+" refused: "+err.Error()+"; the node steps down unless a renewal succeeds (is Consul reachable?)")
+		}
+		return fuse.Errno(syscall.EROFS)
 	case errors.Is(err, replica.ErrNotPageWrite):
 		fs.Logger.Warn(op+" refused: "+err.Error()+
 			"; only SQLite may write database files in the mount: to load an existing database file, run sqlite3 on the mount's database with \".restore /path/to/file.db\" (litefs import, for manual recovery, is planned)",
@@ -407,7 +412,7 @@ func (fs *FS) checkWritable(n *node) error {
 	switch {
 	case isSpecial(n.kind):
 		return syscall.EPERM
-	case (n.kind == kindDB || n.kind == kindJournal) && !fs.Store.IsPrimary():
+	case (n.kind == kindDB || n.kind == kindJournal || n.kind == kindWAL) && !fs.Store.IsPrimary():
 		return replica.ErrReadOnly
 	}
 	return nil

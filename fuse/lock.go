@@ -140,3 +140,28 @@ func (fs *FS) Lock(ctx context.Context, name string, wal bool) (unlock func() er
 	}
 	return fs.LockDB(ctx, name)
 }
+
+// LockWrites takes the first lock every writer needs, RESERVED on the
+// database and WRITE in its WAL index, so that no SQLite connection can
+// start a write transaction until unlock is called; readers go on. It
+// waits for a write transaction in progress to end, or returns ctx's error.
+func (fs *FS) LockWrites(ctx context.Context, name string) (unlock func() error, err error) {
+	unlockDB, err := lockRange(ctx, filepath.Join(fs.Path, name), pendingByte+1, 1)
+	if err != nil {
+		return nil, err
+	}
+	unlockWAL, err := lockRange(ctx, filepath.Join(fs.Path, name+"-shm"), walLockStart, 1)
+	if errors.Is(err, os.ErrNotExist) {
+		return unlockDB, nil
+	} else if err != nil {
+		_ = unlockDB()
+		return nil, err
+	}
+	return func() error {
+		err := unlockWAL()
+		if derr := unlockDB(); err == nil {
+			err = derr
+		}
+		return err
+	}, nil
+}

@@ -82,15 +82,17 @@ func (c *Consul) Acquire(ctx context.Context) (Lease, error) {
 	}
 	opts := (&api.WriteOptions{}).WithContext(ctx)
 	id, _, err := client.Session().Create(&api.SessionEntry{
-		Name:      "litefs-" + c.Hostname,
-		TTL:       c.TTL.String(),
+		Name: "litefs-" + c.Hostname,
+		// Consul takes no TTL under 10s; litefs enforces the configured
+		// TTL itself (candidates end a session not renewed within it).
+		TTL:       max(c.TTL, 10*time.Second).String(),
 		LockDelay: c.LockDelay,
 		Behavior:  api.SessionBehaviorRelease,
 	}, opts)
 	if err != nil {
 		return nil, fmt.Errorf("create consul session: %w", err)
 	}
-	value, err := json.Marshal(PrimaryInfo{Hostname: c.Hostname, AdvertiseURL: c.AdvertiseURL})
+	value, err := json.Marshal(consulValue{Hostname: c.Hostname, AdvertiseURL: c.AdvertiseURL})
 	if err != nil {
 		return nil, err
 	}
@@ -119,11 +121,156 @@ func (c *Consul) PrimaryInfo(ctx context.Context) (PrimaryInfo, error) {
 	if pair == nil || pair.Session == "" {
 		return PrimaryInfo{}, ErrNoPrimary
 	}
-	var info PrimaryInfo
-	if err := json.Unmarshal(pair.Value, &info); err != nil {
+	var v consulValue
+	if err := json.Unmarshal(pair.Value, &v); err != nil {
 		return PrimaryInfo{}, fmt.Errorf("read %s: %w", c.Key, err)
 	}
-	return info, nil
+	return PrimaryInfo{Hostname: v.Hostname, AdvertiseURL: v.AdvertiseURL}, nil
+}
+
+// consulValue is the lease key's value.
+type consulValue struct {
+	Hostname     string `json:"hostname"`
+	AdvertiseURL string `json:"advertise-url"`
+	// Renewal counts the holder's renewals: each changes the key, which
+	// is how other nodes see that the holder is alive.
+	Renewal uint64 `json:"renewal,omitempty"`
+	// HandoffTo names the candidate a released lease is meant for.
+	HandoffTo string `json:"handoff-to,omitempty"`
+}
+
+// State is what a node sees of the lease key.
+type State struct {
+	Primary   PrimaryInfo // the holder; empty when Session is ""
+	Session   string      // the holder's session, "" when the key is free
+	HandoffTo string      // on a free key: the candidate it was handed to
+	Index     uint64      // Consul's index of the key, for the next Watch
+}
+
+// Watch returns the lease key's state once its index passes index (a
+// blocking query), or after wait. Every renewal of the holder changes the
+// index.
+func (c *Consul) Watch(ctx context.Context, index uint64, wait time.Duration) (State, error) {
+	client, err := c.api()
+	if err != nil {
+		return State{}, err
+	}
+	pair, meta, err := client.KV().Get(c.Key, (&api.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx))
+	if err != nil {
+		return State{}, fmt.Errorf("watch %s: %w", c.Key, err)
+	}
+	st := State{Index: meta.LastIndex}
+	if pair == nil {
+		return st, nil
+	}
+	var v consulValue
+	if len(pair.Value) > 0 {
+		if err := json.Unmarshal(pair.Value, &v); err != nil {
+			return st, fmt.Errorf("watch %s: bad value %q: %w", c.Key, pair.Value, err)
+		}
+	}
+	st.Session = pair.Session
+	if st.Session != "" {
+		st.Primary = PrimaryInfo{Hostname: v.Hostname, AdvertiseURL: v.AdvertiseURL}
+	} else {
+		st.HandoffTo = v.HandoffTo
+	}
+	return st, nil
+}
+
+// EndSession ends another node's session: a candidate does this when the
+// holder has not renewed within the TTL. The key is then free after the
+// lock delay.
+func (c *Consul) EndSession(ctx context.Context, session string) error {
+	client, err := c.api()
+	if err != nil {
+		return err
+	}
+	if _, err := client.Session().Destroy(session, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		return fmt.Errorf("end session %s: %w", session, err)
+	}
+	return nil
+}
+
+// Candidate is an entry of the candidate registry: a candidate's position,
+// published while the cluster elects a primary.
+type Candidate struct {
+	Hostname     string            `json:"hostname"`
+	AdvertiseURL string            `json:"advertise-url"`
+	TXIDs        map[string]uint64 `json:"txids"` // database -> TXID
+	TimeMS       int64             `json:"time-ms"`
+}
+
+// candidatesPrefix is where candidates publish their positions.
+func (c *Consul) candidatesPrefix() string { return c.Key + "-candidates/" }
+
+// Publish records this node's positions in the candidate registry.
+func (c *Consul) Publish(ctx context.Context, txids map[string]uint64) error {
+	client, err := c.api()
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(Candidate{Hostname: c.Hostname, AdvertiseURL: c.AdvertiseURL, TXIDs: txids, TimeMS: time.Now().UnixMilli()})
+	if err != nil {
+		return err
+	}
+	_, err = client.KV().Put(&api.KVPair{Key: c.candidatesPrefix() + c.Hostname, Value: b}, (&api.WriteOptions{}).WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("publish position: %w", err)
+	}
+	return nil
+}
+
+// Unpublish removes this node from the candidate registry.
+func (c *Consul) Unpublish(ctx context.Context) error {
+	client, err := c.api()
+	if err != nil {
+		return err
+	}
+	_, err = client.KV().Delete(c.candidatesPrefix()+c.Hostname, (&api.WriteOptions{}).WithContext(ctx))
+	return err
+}
+
+// Candidates returns the registry's entries published since the given time.
+func (c *Consul) Candidates(ctx context.Context, since time.Time) ([]Candidate, error) {
+	client, err := c.api()
+	if err != nil {
+		return nil, err
+	}
+	pairs, _, err := client.KV().List(c.candidatesPrefix(), (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("read candidates: %w", err)
+	}
+	var a []Candidate
+	for _, p := range pairs {
+		var cand Candidate
+		if json.Unmarshal(p.Value, &cand) != nil || time.UnixMilli(cand.TimeMS).Before(since) {
+			continue
+		}
+		a = append(a, cand)
+	}
+	return a, nil
+}
+
+// Ahead reports whether a has every database at least as far as b, and
+// one further: then b must not become primary while a can.
+func Ahead(a, b map[string]uint64) bool {
+	further := false
+	for name, tb := range b {
+		ta := a[name]
+		if ta < tb {
+			return false
+		}
+		if ta > tb {
+			further = true
+		}
+	}
+	for name, ta := range a {
+		if _, ok := b[name]; !ok && ta > 0 {
+			further = true
+		}
+	}
+	return further
 }
 
 // ErrNoPrimary is returned by PrimaryInfo when no node holds the lease.
@@ -136,13 +283,16 @@ type consulLease struct {
 
 	mu        sync.Mutex
 	renewedAt time.Time // when the last successful renewal was sent
+	renewals  uint64
 }
 
-// Renew extends the session's TTL. It returns ErrLeaseLost if the session
+// Renew extends the session's TTL and changes the key, so that other nodes
+// see the holder alive. It returns ErrLeaseLost if the session or the key
 // is gone.
 func (l *consulLease) Renew(ctx context.Context) error {
 	sent := time.Now()
-	entry, _, err := l.client.Session().Renew(l.session, (&api.WriteOptions{}).WithContext(ctx))
+	opts := (&api.WriteOptions{}).WithContext(ctx)
+	entry, _, err := l.client.Session().Renew(l.session, opts)
 	if err != nil {
 		return fmt.Errorf("renew consul session: %w", err)
 	}
@@ -150,9 +300,38 @@ func (l *consulLease) Renew(ctx context.Context) error {
 		return ErrLeaseLost
 	}
 	l.mu.Lock()
-	l.renewedAt = sent
+	n := l.renewals + 1
+	l.mu.Unlock()
+	value, err := json.Marshal(consulValue{Hostname: l.c.Hostname, AdvertiseURL: l.c.AdvertiseURL, Renewal: n})
+	if err != nil {
+		return err
+	}
+	ok, _, err := l.client.KV().Acquire(&api.KVPair{Key: l.c.Key, Value: value, Session: l.session}, opts)
+	if err != nil {
+		return fmt.Errorf("renew %s: %w", l.c.Key, err)
+	}
+	if !ok {
+		return ErrLeaseLost
+	}
+	l.mu.Lock()
+	l.renewedAt, l.renewals = sent, n
 	l.mu.Unlock()
 	return nil
+}
+
+// Handoff releases the key for the named candidate: the value says who it
+// is for, and other candidates leave it to that one for a while. Releasing
+// before ending the session avoids the lock delay.
+func (l *consulLease) Handoff(to string) error {
+	value, err := json.Marshal(consulValue{HandoffTo: to})
+	if err != nil {
+		return err
+	}
+	_, _, err = l.client.KV().Release(&api.KVPair{Key: l.c.Key, Value: value, Session: l.session}, nil)
+	if _, derr := l.client.Session().Destroy(l.session, nil); err == nil {
+		err = derr
+	}
+	return err
 }
 
 // Deadline returns the earliest time the lease could expire: the TTL after

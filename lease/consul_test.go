@@ -3,83 +3,16 @@ package lease_test
 import (
 	"context"
 	"errors"
-	"fmt"
-	"net"
-	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/litefs-project/litefs/internal/testconsul"
 	"github.com/litefs-project/litefs/lease"
 )
 
-// consulBinary finds the Consul agent that scripts/test builds.
-func consulBinary(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("LITEFS_CONSUL"); p != "" {
-		return p
-	}
-	home, _ := os.UserHomeDir()
-	if p := filepath.Join(home, ".cache", "litefs", "consul-v1.20.6"); fileExists(p) {
-		return p
-	}
-	if p, err := exec.LookPath("consul"); err == nil {
-		return p
-	}
-	// A missing Consul is a setup failure, never a skip.
-	t.Fatal("no consul agent: run scripts/test, which builds it, or set LITEFS_CONSUL")
-	return ""
-}
-
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // startConsul runs a Consul agent in -dev mode on loopback ports of its own
 // and returns its HTTP address once it has a leader.
-func startConsul(t *testing.T) string {
-	t.Helper()
-	bin := consulBinary(t)
-	httpPort := freePort(t)
-	cmd := exec.Command(bin, "agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1",
-		fmt.Sprintf("-http-port=%d", httpPort), "-dns-port=-1", "-grpc-port=-1", "-grpc-tls-port=-1",
-		fmt.Sprintf("-serf-lan-port=%d", freePort(t)), fmt.Sprintf("-serf-wan-port=%d", freePort(t)),
-		fmt.Sprintf("-server-port=%d", freePort(t)), "-data-dir="+t.TempDir())
-	var logs strings.Builder
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	addr := fmt.Sprintf("127.0.0.1:%d", httpPort)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get("http://" + addr + "/v1/status/leader")
-		if err == nil {
-			var b [64]byte
-			n, _ := resp.Body.Read(b[:])
-			resp.Body.Close()
-			if s := strings.Trim(string(b[:n]), "\"\n"); s != "" {
-				return addr
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("consul did not elect a leader in 30s:\n%s", logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
+func startConsul(t *testing.T) string { return testconsul.Start(t).Addr }
 
 func newConsul(addr, host string) *lease.Consul {
 	c := lease.NewConsul(addr)

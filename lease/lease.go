@@ -40,6 +40,8 @@ type Lease interface {
 	Deadline() time.Time
 	// Close releases the lease.
 	Close() error
+	// Handoff releases the lease for the named node ("" for any).
+	Handoff(to string) error
 }
 
 // Static is a fixed primary: the node with Candidate set is the primary and
@@ -73,3 +75,4 @@ type staticLease struct{}
 func (staticLease) Renew(ctx context.Context) error { return nil }
 func (staticLease) Deadline() time.Time             { return time.Time{} }
 func (staticLease) Close() error                    { return nil }
+func (staticLease) Handoff(to string) error         { return errors.New("a static lease cannot be handed off") }

@@ -45,7 +45,8 @@ type DB struct {
 	resized  bool                    // truncated since the last commit
 	closed   bool
 
-	onError  func(error) // reports failures the store's owner may stop for
+	onError   func(error) // reports failures the store's owner may stop for
+	canCommit func() error // refuses commits on a node that may not write
 	onChange func()      // tells the store the position moved
 
 	wal walState
@@ -83,7 +84,7 @@ func openDB(name, dir string, logger *slog.Logger) (_ *DB, err error) {
 			db.posCopy.Store(&pos)
 		}
 	}()
-	if err := db.recover(); err != nil {
+	if err := db.recover(false); err != nil {
 		if torn != nil {
 			// The file does not match the log without the failed file
 			// either: that file held a committed transaction.
@@ -103,7 +104,12 @@ func openDB(name, dir string, logger *slog.Logger) (_ *DB, err error) {
 	return db, nil
 }
 
-func (db *DB) recover() error {
+// recover brings the database back to its log's position: it cuts WAL
+// transactions the log does not have, rolls back a hot journal, applies
+// the newest LTX file again if needed, and fails with a
+// *ChecksumMismatchError if the file still differs. live says the mount is
+// up: the WAL index stays (connections map it; the caller resets it).
+func (db *DB) recover(live bool) error {
 	db.pos = db.log.Pos()
 	pageSize, err := readPageSize(db.f)
 	if err != nil {
@@ -119,8 +125,10 @@ func (db *DB) recover() error {
 	// The WAL index is rebuilt by SQLite from the WAL; no process can have
 	// it open while the mount is down, and a stale one must not survive a
 	// WAL that recovery cuts.
-	if err := os.Remove(db.SHMPath()); err != nil && !os.IsNotExist(err) {
-		return err
+	if !live {
+		if err := os.Remove(db.SHMPath()); err != nil && !os.IsNotExist(err) {
+			return err
+		}
 	}
 	if tbl, err = db.recoverWAL(tbl, pageSize); err != nil {
 		return fmt.Errorf("database %q: recover wal: %w", db.name, err)

@@ -29,10 +29,7 @@ func (db *DB) CommitJournal(finalize func() error) error {
 		return ErrClosed
 	}
 	if err := db.commit(); err != nil {
-		db.logger.Error("commit failed; the transaction is not acknowledged", slog.Any(LogKeyError, err))
-		if db.onError != nil {
-			db.onError(err)
-		}
+		db.commitFailed(err)
 		return err
 	}
 	if finalize == nil {
@@ -135,6 +132,14 @@ func (db *DB) commitTxn(pageN uint32, written []uint32, read func(pgno uint32, b
 		return fmt.Errorf("database %q: a transaction emptied the database", db.name)
 	}
 
+	// The last moment a demoted or fenced primary can refuse: nothing is
+	// logged, so SQLite sees its commit fail, and the node rolls the
+	// transaction back when it steps down.
+	if db.canCommit != nil {
+		if err := db.canCommit(); err != nil {
+			return err
+		}
+	}
 	post := db.chk.Peek(pageN, sums)
 	txid := db.pos.TXID + 1
 	hdr := ltx.Header{
@@ -156,6 +161,20 @@ func (db *DB) commitTxn(pageN uint32, written []uint32, read func(pgno uint32, b
 	db.logger.Debug("commit", slog.String(LogKeyTXID, txid.String()), slog.Int("pages", len(pages)),
 		slog.Uint64("commit", uint64(pageN)), slog.String(LogKeyChecksum, post.String()))
 	return nil
+}
+
+// commitFailed logs a commit that could not be made and reports it to the
+// store's owner, unless it was refused because the node is not (or no
+// longer safely) the primary, which is not a failure of the node.
+func (db *DB) commitFailed(err error) {
+	if errors.Is(err, ErrReadOnly) || errors.Is(err, ErrFenced) {
+		db.logger.Warn("commit refused; the transaction is not acknowledged and will be rolled back", slog.Any(LogKeyError, err))
+		return
+	}
+	db.logger.Error("commit failed; the transaction is not acknowledged", slog.Any(LogKeyError, err))
+	if db.onError != nil {
+		db.onError(err)
+	}
 }
 
 func (db *DB) resetDirty() {

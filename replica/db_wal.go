@@ -85,10 +85,7 @@ func (db *DB) WALWritten(r io.ReaderAt, off int64, n int) error {
 	// commit frame), txns is empty and a later write completes the commit.
 	for _, txn := range txns {
 		if err := db.commitWALTxn(r, txn); err != nil {
-			db.logger.Error("commit failed; the transaction is not acknowledged", slog.Any(LogKeyError, err))
-			if db.onError != nil {
-				db.onError(err)
-			}
+			db.commitFailed(err)
 			return err
 		}
 	}

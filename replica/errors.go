@@ -36,6 +36,14 @@ var (
 	// writes go to the primary.
 	ErrReadOnly = errors.New("database is read-only on a replica")
 
+	// ErrFenced is returned for a commit on a primary whose lease was not
+	// renewed in time: it stops writing before the lease can expire and
+	// another node take over.
+	ErrFenced = errors.New("commit refused: the primary lease was not renewed in time")
+
+	// ErrNotPrimary is returned for what only the primary can do.
+	ErrNotPrimary = errors.New("this node is not the primary")
+
 	// ErrClosed is returned by operations on a closed database.
 	ErrClosed = errors.New("database closed")
 

@@ -50,6 +50,9 @@ type Store struct {
 	RetentionInterval time.Duration
 	// Logger receives the store's logs.
 	Logger *slog.Logger
+	// MovedAside lists where Open moved databases that did not match
+	// their log.
+	MovedAside []string
 	// OnError, if set, is called when a database fails in a way the caller
 	// may want to stop for (a commit that could not be made durable).
 	OnError func(db string, err error)
@@ -64,6 +67,7 @@ type Store struct {
 	primaryPos  map[string]ltx.Pos // positions the primary last reported
 	caughtUpAt  time.Time          // when the replica last matched primaryPos
 	caughtUp    bool               // whether it matches them now
+	fence       time.Time          // on a primary, commits are refused from then on; zero: never
 	changed     chan struct{}      // closed and replaced when any database changes
 
 	ctx    context.Context
@@ -91,6 +95,64 @@ func (s *Store) SetPrimary(primary bool) {
 	s.roleMu.Lock()
 	defer s.roleMu.Unlock()
 	s.primary = primary
+}
+
+// SetFence sets the time from which a primary refuses commits: a moment
+// safely before its lease could expire without a renewal. Zero means never.
+func (s *Store) SetFence(t time.Time) {
+	s.roleMu.Lock()
+	defer s.roleMu.Unlock()
+	s.fence = t
+}
+
+// checkCommit returns ErrReadOnly on a replica and ErrFenced on a primary
+// past its fence.
+func (s *Store) checkCommit() error {
+	s.roleMu.Lock()
+	defer s.roleMu.Unlock()
+	switch {
+	case !s.primary:
+		return ErrReadOnly
+	case !s.fence.IsZero() && !time.Now().Before(s.fence):
+		return fmt.Errorf("%w (fence passed %s ago)", ErrFenced, time.Since(s.fence).Round(time.Millisecond))
+	}
+	return nil
+}
+
+// Promote makes the node the primary while mounted. The caller has stopped
+// its replication client; databases continue from their own positions.
+func (s *Store) Promote(fence time.Time) {
+	s.roleMu.Lock()
+	s.primary, s.fence, s.primaryHost, s.primaryPos = true, fence, "", nil
+	s.roleMu.Unlock()
+	s.notify()
+}
+
+// Demote makes the node a replica while mounted. Commits are refused from
+// the moment it is called; then each database is brought back to its last
+// committed transaction with connections kept out by gate: a transaction
+// whose commit was refused is rolled back (its journal played back, or its
+// frames cut off the WAL). A database that does not match its own log is
+// moved aside, and the primary sends it a snapshot.
+func (s *Store) Demote(ctx context.Context, gate Gate) error {
+	s.roleMu.Lock()
+	s.primary, s.fence = false, time.Time{}
+	s.roleMu.Unlock()
+	s.notify()
+	var first error
+	for _, db := range s.DBs() {
+		err := db.resync(ctx, gate)
+		if errors.Is(err, ErrChecksumMismatch) || errors.Is(err, ErrCorruptLTX) {
+			s.Logger.Warn("database does not match its log after stepping down", slog.String(LogKeyDB, db.name), slog.Any(LogKeyError, err))
+			if _, err = s.MoveAside(db.name, "it does not match its own log; the primary will send a snapshot"); err == nil && gate != nil {
+				err = gate.Forget(db.name)
+			}
+		}
+		if err != nil && first == nil {
+			first = fmt.Errorf("step down %q: %w", db.name, err)
+		}
+	}
+	return first
 }
 
 // IsPrimary reports whether this node takes writes.
@@ -235,6 +297,7 @@ func (s *Store) Open() error {
 		if err != nil && !s.IsPrimary() && (errors.Is(err, ErrChecksumMismatch) || errors.Is(err, ErrCorruptLTX)) {
 			// A replica heals by itself: the primary sends a snapshot.
 			if dst, aerr := s.moveDirAside(ent.Name()); aerr == nil {
+				s.MovedAside = append(s.MovedAside, dst)
 				s.Logger.Warn("database moved aside: it does not match its own log; the primary will send a snapshot",
 					slog.String(LogKeyDB, ent.Name()), slog.String(LogKeyPath, dst), slog.Any(LogKeyError, err))
 				continue
@@ -262,6 +325,7 @@ func (s *Store) openDB(name, dir string) (*DB, error) {
 		}
 	}
 	db.onChange = s.notify
+	db.canCommit = s.checkCommit
 	return db, nil
 }
 

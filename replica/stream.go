@@ -39,7 +39,9 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // streamRequest is what a replica sends to open the stream.
 type streamRequest struct {
-	Node      string            `json:"node"`
+	Node         string            `json:"node"`
+	AdvertiseURL string            `json:"advertise_url,omitempty"` // the replica's API URL
+	Candidate    bool              `json:"candidate,omitempty"`     // whether it may become primary
 	Positions map[string]string `json:"positions"` // db -> ltx.Pos.String()
 }
 

@@ -31,7 +31,11 @@ type Client struct {
 	// URL is the primary's API URL (lease.advertise-url on a replica).
 	URL string
 	// Node is this node's hostname, sent to the primary for its logs.
-	Node  string
+	Node string
+	// AdvertiseURL and Candidate tell the primary how to reach this node
+	// and whether it may take over (for handoffs).
+	AdvertiseURL string
+	Candidate    bool
 	Store *Store
 	// Gate keeps readers out while a transaction is applied.
 	Gate Gate
@@ -88,7 +92,7 @@ func (c *Client) session(ctx context.Context) (progressed bool, err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
-	req := streamRequest{Node: c.Node, Positions: make(map[string]string)}
+	req := streamRequest{Node: c.Node, AdvertiseURL: c.AdvertiseURL, Candidate: c.Candidate, Positions: make(map[string]string)}
 	for _, db := range c.Store.DBs() {
 		req.Positions[db.Name()] = db.Pos().String()
 	}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/litefs-project/litefs/ltx"
@@ -27,6 +28,37 @@ type Server struct {
 	// HeartbeatInterval is how often heartbeats are sent.
 	HeartbeatInterval time.Duration
 	Logger            *slog.Logger
+	// Handoff, if set, serves POST /handoff: it passes the primary lease
+	// to the named candidate ("" for the best connected one).
+	Handoff func(ctx context.Context, to string) (HandoffResult, error)
+
+	mu       sync.Mutex
+	replicas map[*streamRequest]struct{} // connected replicas
+}
+
+// ReplicaInfo describes a replica connected to this primary.
+type ReplicaInfo struct {
+	Node         string
+	AdvertiseURL string
+	Candidate    bool
+}
+
+// Replicas returns the replicas connected now.
+func (s *Server) Replicas() []ReplicaInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := make([]ReplicaInfo, 0, len(s.replicas))
+	for r := range s.replicas {
+		a = append(a, ReplicaInfo{Node: r.Node, AdvertiseURL: r.AdvertiseURL, Candidate: r.Candidate})
+	}
+	return a
+}
+
+// HandoffResult is the body of a successful POST /handoff.
+type HandoffResult struct {
+	From     string `json:"from"`      // the old primary
+	To       string `json:"to"`        // the new primary
+	WindowMS int64  `json:"window_ms"` // how long the old primary refused writes
 }
 
 // NewServer returns a server over store with defaults.
@@ -39,6 +71,7 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /stream", s.handleStream)
 	mux.HandleFunc("GET /info", s.handleInfo)
+	mux.HandleFunc("POST /handoff", s.handleHandoff)
 	return mux
 }
 
@@ -54,6 +87,24 @@ func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) {
 	info := nodeInfo{Node: s.Hostname, Primary: s.Store.IsPrimary(), PrimaryOf: s.Store.PrimaryHostname(), Positions: s.positions()}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(info)
+}
+
+func (s *Server) handleHandoff(w http.ResponseWriter, r *http.Request) {
+	if s.Handoff == nil {
+		http.Error(w, "handoff needs lease.type consul; this node has a static lease", http.StatusConflict)
+		return
+	}
+	res, err := s.Handoff(r.Context(), r.URL.Query().Get("to"))
+	if err != nil {
+		code := http.StatusInternalServerError
+		if errors.Is(err, ErrNotPrimary) {
+			code = http.StatusConflict
+		}
+		http.Error(w, err.Error(), code)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(res)
 }
 
 func (s *Server) positions() map[string]string {
@@ -92,7 +143,18 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 
 	logger := s.Logger.With(slog.String("replica", req.Node))
-	logger.Info("replica connected")
+	logger.Info("replica connected", slog.String("url", req.AdvertiseURL), slog.Bool("candidate", req.Candidate))
+	s.mu.Lock()
+	if s.replicas == nil {
+		s.replicas = make(map[*streamRequest]struct{})
+	}
+	s.replicas[&req] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.replicas, &req)
+		s.mu.Unlock()
+	}()
 	st := &streamWriter{w: w, flusher: flusher}
 	err := s.stream(r.Context(), st, sent, logger)
 	if err != nil && r.Context().Err() == nil {
@@ -137,6 +199,9 @@ func (s *Server) stream(ctx context.Context, st *streamWriter, sent map[string]l
 	defer heartbeat.Stop()
 	for first := true; ; first = false {
 		changed := s.Store.Changed()
+		if !s.Store.IsPrimary() {
+			return ErrNotPrimary // stepped down: the replica finds the new primary
+		}
 		for _, db := range s.Store.DBs() {
 			pos, err := s.sendDB(ctx, st, db, sent[db.Name()], logger)
 			if err != nil {

@@ -48,6 +48,13 @@ type NodeConfig struct {
 	PrimaryURL string // lease.advertise-url of a replica: the primary's API
 	Retention  string // data.retention, if set
 	Extra      string // more top-level YAML
+	// Consul, if set, is the Consul agent's URL: the node uses the Consul
+	// lease (Replica still makes it a non-candidate).
+	Consul string
+	// ConsulTTL and LockDelay are lease.consul.ttl and lock-delay.
+	ConsulTTL, LockDelay string
+	// Lease is more YAML inside the lease section.
+	Lease string
 }
 
 // NewNode prepares a primary with a config file; extra YAML is appended.
@@ -72,14 +79,27 @@ func NewNodeWith(t testing.TB, cfg NodeConfig) *Node {
 	if cfg.Replica {
 		lease = fmt.Sprintf("  candidate: false\n  advertise-url: %s\n", cfg.PrimaryURL)
 	}
-	n.WriteConfig(fmt.Sprintf("fuse:\n  dir: %s\ndata:\n  dir: %s\n%shttp:\n  addr: %s\nlease:\n  type: static\n  hostname: %s\n%s%s",
-		n.MountDir, n.DataDir, data, n.HTTPAddr, n.Name, lease, cfg.Extra))
+	typ := "static"
+	if cfg.Consul != "" {
+		typ = "consul"
+		lease = fmt.Sprintf("  candidate: %t\n  advertise-url: %s\n  consul:\n    url: %s\n    key: litefs/test\n    ttl: %s\n    lock-delay: %s\n",
+			!cfg.Replica, n.URL(), cfg.Consul, orDefault(cfg.ConsulTTL, "10s"), orDefault(cfg.LockDelay, "1s"))
+	}
+	n.WriteConfig(fmt.Sprintf("fuse:\n  dir: %s\ndata:\n  dir: %s\n%shttp:\n  addr: %s\nlease:\n  type: %s\n  hostname: %s\n%s%s%s",
+		n.MountDir, n.DataDir, data, n.HTTPAddr, typ, n.Name, lease, cfg.Lease, cfg.Extra))
 	t.Cleanup(func() {
 		n.Stop()
 		_ = exec.Command("fusermount3", "-uz", n.MountDir).Run()
 		n.dumpLogsOnFailure()
 	})
 	return n
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }
 
 // URL returns the node's API URL.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/litefs-project/litefs/lease"
 	"github.com/litefs-project/litefs/replica"
 )
 
@@ -54,6 +56,21 @@ type LeaseConfig struct {
 	Candidate    bool   `yaml:"candidate"`
 	Hostname     string `yaml:"hostname"`
 	AdvertiseURL string `yaml:"advertise-url"`
+	// Promote asks the primary to hand off to this candidate once it has
+	// caught up (rolling deploys).
+	Promote bool         `yaml:"promote"`
+	Consul  ConsulConfig `yaml:"consul"`
+	// HandoffTimeout bounds how long a handoff waits for the target to
+	// catch up before it releases the lease to any candidate.
+	HandoffTimeout time.Duration `yaml:"handoff-timeout"`
+}
+
+// ConsulConfig is the Consul lease.
+type ConsulConfig struct {
+	URL       string        `yaml:"url"`
+	Key       string        `yaml:"key"`
+	TTL       time.Duration `yaml:"ttl"`
+	LockDelay time.Duration `yaml:"lock-delay"`
 }
 
 // LogConfig is the log output.
@@ -96,7 +113,8 @@ func NewConfig() Config {
 	return Config{
 		Data:  DataConfig{Retention: replica.DefaultRetention, RetentionMonitorInterval: replica.DefaultRetentionInterval},
 		HTTP:  HTTPConfig{Addr: DefaultHTTPAddr},
-		Lease: LeaseConfig{Type: "static", Candidate: true, Hostname: host},
+		Lease: LeaseConfig{Type: "static", Candidate: true, Hostname: host, HandoffTimeout: DefaultHandoffTimeout,
+			Consul: ConsulConfig{Key: lease.DefaultConsulKey, TTL: lease.DefaultConsulTTL, LockDelay: lease.DefaultConsulLockDelay}},
 		Log:   LogConfig{Format: "text"},
 	}
 }
@@ -154,13 +172,18 @@ func (c *Config) Validate() error {
 	}
 	switch c.Lease.Type {
 	case "static":
+		if !c.Lease.Candidate && c.Lease.AdvertiseURL == "" {
+			return errors.New("lease.advertise-url: required on a node that is not a candidate (the primary's API URL)")
+		}
+		if c.Lease.Promote {
+			return errors.New("lease.promote: needs lease.type consul (a static lease has a fixed primary)")
+		}
 	case "consul":
-		return errors.New("lease.type: consul is not supported by this build yet; use static")
+		if err := c.Lease.validateConsul(); err != nil {
+			return err
+		}
 	default:
 		return fmt.Errorf("lease.type: must be static or consul, got %q", c.Lease.Type)
-	}
-	if !c.Lease.Candidate && c.Lease.AdvertiseURL == "" {
-		return errors.New("lease.advertise-url: required on a node that is not a candidate (the primary's API URL)")
 	}
 	switch c.Log.Format {
 	case "text", "json":
@@ -171,6 +194,31 @@ func (c *Config) Validate() error {
 		if strings.TrimSpace(e.Cmd) == "" {
 			return fmt.Errorf("exec[%d].cmd: empty command", i)
 		}
+	}
+	return nil
+}
+
+func (l *LeaseConfig) validateConsul() error {
+	switch {
+	case l.Consul.URL == "":
+		return errors.New("lease.consul.url: required with lease.type consul (the Consul agent's HTTP address, e.g. http://127.0.0.1:8500)")
+	case l.Consul.Key == "":
+		return errors.New("lease.consul.key: must not be empty")
+	case l.Consul.TTL < time.Second:
+		return fmt.Errorf("lease.consul.ttl: must be at least 1s, got %s", l.Consul.TTL)
+	case l.Consul.LockDelay < 0:
+		return fmt.Errorf("lease.consul.lock-delay: must not be negative, got %s", l.Consul.LockDelay)
+	case l.Hostname == "":
+		return errors.New("lease.hostname: required with lease.type consul (this node's name in the cluster)")
+	case l.AdvertiseURL == "":
+		return errors.New("lease.advertise-url: required with lease.type consul (this node's API URL, as other nodes reach it)")
+	case l.Promote && !l.Candidate:
+		return errors.New("lease.promote: a node that is not a candidate cannot be promoted")
+	case l.HandoffTimeout <= 0:
+		return fmt.Errorf("lease.handoff-timeout: must be positive, got %s", l.HandoffTimeout)
+	}
+	if _, err := url.Parse(l.AdvertiseURL); err != nil {
+		return fmt.Errorf("lease.advertise-url: %w", err)
 	}
 	return nil
 }

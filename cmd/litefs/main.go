@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 )
 
 // Version is set at build time.
@@ -55,6 +56,8 @@ func run(ctx context.Context, args []string) error {
 			runErr = err
 		}
 		return runErr
+	case "handoff":
+		return runHandoff(ctx, rest)
 	case "version":
 		fmt.Println("litefs", Version)
 		return nil
@@ -67,12 +70,36 @@ func run(ctx context.Context, args []string) error {
 	}
 }
 
+// runHandoff is `litefs handoff`: it asks the primary's API to pass the
+// lease to a candidate.
+func runHandoff(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("litefs-handoff", flag.ContinueOnError)
+	to := fs.String("to", "", "hostname (lease.hostname) of the candidate to hand off to; default: the connected candidate with the most transactions")
+	url := fs.String("url", "http://localhost"+DefaultHTTPAddr, "API URL of the primary")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	res, err := requestHandoff(ctx, *url, *to)
+	if err != nil {
+		return fmt.Errorf("handoff: %w", err)
+	}
+	fmt.Printf("handed off from %s to %s; writes were refused for %d ms\n", res.From, res.To, res.WindowMS)
+	return nil
+}
+
 func usage() {
 	fmt.Fprint(os.Stderr, `litefs replicates SQLite databases through a FUSE mount.
 
 Usage:
 
 	litefs mount [-config PATH]   mount the databases (default command)
+	litefs handoff [-to HOSTNAME] [-url URL]
+	                              hand the primary lease to a candidate
 	litefs version                print the version
 
 The config is read from -config, else ./litefs.yml, else /etc/litefs.yml.

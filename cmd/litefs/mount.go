@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"syscall"
+	"time"
 
 	"github.com/litefs-project/litefs/fuse"
 	"github.com/litefs-project/litefs/lease"
@@ -32,6 +33,11 @@ type MountCommand struct {
 	FS     *fuse.FS
 	Leaser lease.Leaser
 	HTTP   *http.Server
+	Server *replica.Server
+
+	leases       *leaseManager // lease.type consul
+	stopLeases   func()
+	asideAtStart []string
 
 	stopClient func()
 	clientDone chan struct{}
@@ -90,6 +96,9 @@ func (c *MountCommand) newLogger() *slog.Logger {
 // waits for a signal, the command's exit, or ctx.
 func (c *MountCommand) Run(ctx context.Context) error {
 	c.Logger = c.newLogger().With(slog.String(replica.LogKeyNode, c.Config.Lease.Hostname))
+	if c.Config.Lease.Type == "consul" {
+		return c.runConsul(ctx)
+	}
 	c.Leaser = &lease.Static{
 		Candidate:    c.Config.Lease.Candidate,
 		Hostname:     c.Config.Lease.Hostname,
@@ -102,42 +111,11 @@ func (c *MountCommand) Run(ctx context.Context) error {
 		return fmt.Errorf("acquire lease: %w", err)
 	}
 
-	c.Store = replica.NewStore(c.Config.Data.Dir)
-	c.Store.Retention = c.Config.Data.Retention
-	c.Store.RetentionInterval = c.Config.Data.RetentionMonitorInterval
-	c.Store.Logger = c.Logger
-	c.Store.SetPrimary(primary)
 	fatal := make(chan error, 1)
-	if c.Config.ExitOnError {
-		c.Store.OnError = func(db string, err error) {
-			select {
-			case fatal <- fmt.Errorf("database %q: %w (exit-on-error is set)", db, err):
-			default:
-			}
-		}
-	}
-	if err := c.Store.Open(); err != nil {
-		return fmt.Errorf("open data directory %s: %w%s", c.Config.Data.Dir, err, remedy(err))
-	}
-
-	c.FS = fuse.NewFS(c.Config.FUSE.Dir, c.Store)
-	c.FS.AllowOther = c.Config.FUSE.AllowOther
-	c.FS.Logger = c.Logger
-	c.FS.NoOpen = primary // a static primary never turns replica
-	if err := c.FS.Mount(); err != nil {
+	ln, err := c.start(primary, fatal)
+	if err != nil {
 		return err
 	}
-
-	ln, err := net.Listen("tcp", c.Config.HTTP.Addr)
-	if err != nil {
-		return fmt.Errorf("http.addr: listen on %s: %w", c.Config.HTTP.Addr, err)
-	}
-	c.HTTP = &http.Server{Handler: replica.NewServer(c.Store, c.Config.Lease.Hostname).Handler()}
-	go func() {
-		if err := c.HTTP.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			c.Logger.Error("http server", slog.Any(replica.LogKeyError, err))
-		}
-	}()
 
 	if primary {
 		c.Logger.Info("mounted; this node is the primary (static lease)",
@@ -154,6 +132,78 @@ func (c *MountCommand) Run(ctx context.Context) error {
 			slog.String("primary", c.Config.Lease.AdvertiseURL), slog.String("fuse.dir", c.Config.FUSE.Dir))
 	}
 
+	return c.wait(ctx, fatal)
+}
+
+// start opens the store in the given role, mounts it and serves the API.
+// A node that may change role (the Consul lease) starts as a replica.
+func (c *MountCommand) start(primary bool, fatal chan<- error) (net.Listener, error) {
+	c.Store = replica.NewStore(c.Config.Data.Dir)
+	c.Store.Retention = c.Config.Data.Retention
+	c.Store.RetentionInterval = c.Config.Data.RetentionMonitorInterval
+	c.Store.Logger = c.Logger
+	c.Store.SetPrimary(primary)
+	if c.Config.ExitOnError {
+		c.Store.OnError = func(db string, err error) {
+			select {
+			case fatal <- fmt.Errorf("database %q: %w (exit-on-error is set)", db, err):
+			default:
+			}
+		}
+	}
+	if err := c.Store.Open(); err != nil {
+		return nil, fmt.Errorf("open data directory %s: %w%s", c.Config.Data.Dir, err, remedy(err))
+	}
+	c.asideAtStart = c.Store.MovedAside
+
+	c.FS = fuse.NewFS(c.Config.FUSE.Dir, c.Store)
+	c.FS.AllowOther = c.Config.FUSE.AllowOther
+	c.FS.Logger = c.Logger
+	// A static primary never turns replica: the kernel may skip opens.
+	c.FS.NoOpen = primary && c.Config.Lease.Type == "static"
+	if err := c.FS.Mount(); err != nil {
+		return nil, err
+	}
+
+	ln, err := net.Listen("tcp", c.Config.HTTP.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("http.addr: listen on %s: %w", c.Config.HTTP.Addr, err)
+	}
+	c.Server = replica.NewServer(c.Store, c.Config.Lease.Hostname)
+	if c.leases != nil {
+		c.Server.Handoff = c.leases.handoff
+	}
+	c.HTTP = &http.Server{Handler: c.Server.Handler()}
+	go func() {
+		if err := c.HTTP.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			c.Logger.Error("http server", slog.Any(replica.LogKeyError, err))
+		}
+	}()
+	return ln, nil
+}
+
+// runConsul runs the node on the Consul lease: it starts as a replica and
+// the lease manager changes its role.
+func (c *MountCommand) runConsul(ctx context.Context) error {
+	c.leases = newLeaseManager(c)
+	fatal := make(chan error, 1)
+	ln, err := c.start(false, fatal)
+	if err != nil {
+		return err
+	}
+	lctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); c.leases.run(lctx) }()
+	c.stopLeases = func() { cancel(); <-done }
+	c.Logger.Info("mounted; electing or following a primary through Consul",
+		slog.String("consul", c.Config.Lease.Consul.URL), slog.String("key", c.Config.Lease.Consul.Key),
+		slog.Bool("candidate", c.Config.Lease.Candidate), slog.String("fuse.dir", c.Config.FUSE.Dir),
+		slog.String("http.addr", ln.Addr().String()))
+	return c.wait(ctx, fatal)
+}
+
+// wait runs the exec'd command, or waits for a signal, a fatal error or ctx.
+func (c *MountCommand) wait(ctx context.Context, fatal <-chan error) error {
 	if len(c.Config.Exec) == 0 {
 		select {
 		case <-ctx.Done():
@@ -229,6 +279,13 @@ func (c *MountCommand) runExec(ctx context.Context, fatal <-chan error) error {
 // Close unmounts and closes the store. Safe to call twice.
 func (c *MountCommand) Close() error {
 	var first error
+	if c.stopLeases != nil {
+		c.stopLeases()
+		c.stopLeases = nil
+		ctx, cancel := context.WithTimeout(context.Background(), c.Config.Lease.HandoffTimeout+5*time.Second)
+		c.leases.shutdown(ctx)
+		cancel()
+	}
 	if c.stopClient != nil {
 		c.stopClient()
 		c.stopClient = nil

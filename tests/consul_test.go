@@ -1,0 +1,494 @@
+package tests
+
+import (
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/litefs-project/litefs/internal/testconsul"
+)
+
+// Lease timings of the Consul tests: short, so that failovers are quick.
+const (
+	testTTL       = 2 * time.Second
+	testLockDelay = 500 * time.Millisecond
+)
+
+// ConsulCluster is litefs nodes electing a primary through a real Consul
+// agent, each its own process with its own mount and data directory.
+type ConsulCluster struct {
+	Consul *testconsul.Agent
+	Nodes  []*Node
+}
+
+// startConsulCluster starts a Consul agent and n candidates, and waits for
+// a primary. Every running node's invariants are checked at the end.
+func startConsulCluster(t *testing.T, n int) *ConsulCluster {
+	t.Helper()
+	c := &ConsulCluster{Consul: testconsul.Start(t)}
+	for i := 0; i < n; i++ {
+		c.Nodes = append(c.Nodes, NewNodeWith(t, NodeConfig{Name: fmt.Sprintf("node%d", i+1), Consul: c.Consul.URL(),
+			ConsulTTL: testTTL.String(), LockDelay: testLockDelay.String(), Lease: "  handoff-timeout: 3s\n"}))
+	}
+	for _, node := range c.Nodes {
+		node.StartCmd()
+	}
+	for _, node := range c.Nodes {
+		waitUntil(t, 15*time.Second, node.Name+" to mount", node.served)
+	}
+	c.WaitPrimary(t, 15*time.Second)
+	t.Cleanup(func() {
+		if t.Failed() {
+			return
+		}
+		for _, node := range c.Nodes {
+			if node.running() {
+				node.CheckInvariants()
+			}
+		}
+	})
+	return c
+}
+
+type apiInfo struct {
+	Node      string            `json:"node"`
+	Primary   bool              `json:"primary"`
+	Positions map[string]string `json:"positions"`
+}
+
+func getAPIInfo(n *Node) (apiInfo, error) {
+	var info apiInfo
+	client := http.Client{Timeout: time.Second}
+	resp, err := client.Get(n.URL() + "/info")
+	if err != nil {
+		return info, err
+	}
+	defer resp.Body.Close()
+	return info, json.NewDecoder(resp.Body).Decode(&info)
+}
+
+// primaries returns the running nodes that say they are primary.
+func (c *ConsulCluster) primaries() []*Node {
+	var a []*Node
+	for _, n := range c.Nodes {
+		if !n.running() {
+			continue
+		}
+		if info, err := getAPIInfo(n); err == nil && info.Primary {
+			a = append(a, n)
+		}
+	}
+	return a
+}
+
+// WaitPrimary waits until exactly one node is primary and returns it; two
+// at once fail the test.
+func (c *ConsulCluster) WaitPrimary(t *testing.T, d time.Duration) *Node {
+	t.Helper()
+	var p *Node
+	waitUntil(t, d, "a primary", func() bool {
+		a := c.primaries()
+		if len(a) > 1 {
+			t.Fatalf("two primaries at once: %s and %s", a[0].Name, a[1].Name)
+		}
+		if len(a) == 1 {
+			p = a[0]
+		}
+		return p != nil
+	})
+	return p
+}
+
+// WaitConverged waits until every running node has the primary's
+// position of db, then checks that they hold the same rows.
+func (c *ConsulCluster) WaitConverged(t *testing.T, db string) {
+	t.Helper()
+	p := c.WaitPrimary(t, 30*time.Second)
+	want := p.Pos(db)
+	for _, n := range c.Nodes {
+		if !n.running() || n == p {
+			continue
+		}
+		waitUntil(t, 30*time.Second, fmt.Sprintf("%s to reach %s of %s", n.Name, want, db), func() bool {
+			b, err := os.ReadFile(n.Path(db + "-pos"))
+			return err == nil && strings.TrimSpace(string(b)) == want.String()
+		})
+	}
+	rows := dump(t, p, db, "SELECT count(*), coalesce(sum(id), 0), coalesce(max(id), 0) FROM t")
+	for _, n := range c.Nodes {
+		if n.running() && n != p {
+			if got := dump(t, n, db, "SELECT count(*), coalesce(sum(id), 0), coalesce(max(id), 0) FROM t"); got != rows {
+				t.Errorf("%s has rows %s, primary %s has %s", n.Name, got, p.Name, rows)
+			}
+		}
+	}
+}
+
+// ack is a write whose COMMIT returned.
+type ack struct {
+	id   int
+	node string
+	at   time.Time
+}
+
+// clusterWriter inserts numbered rows on whichever node is primary,
+// finding it again after every error, and records what was acknowledged.
+type clusterWriter struct {
+	c    *ConsulCluster
+	db   string
+	mode string
+
+	mu       sync.Mutex
+	acks     []ack
+	failures int
+	stop     chan struct{}
+	done     chan struct{}
+}
+
+func startWriter(t *testing.T, c *ConsulCluster, db, mode string) *clusterWriter {
+	t.Helper()
+	p := c.WaitPrimary(t, 15*time.Second)
+	mustSQLite3(t, p.Path(db), fmt.Sprintf("PRAGMA journal_mode=%s; CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, node TEXT, pad BLOB);", mode))
+	w := &clusterWriter{c: c, db: db, mode: mode, stop: make(chan struct{}), done: make(chan struct{})}
+	go w.run()
+	t.Cleanup(w.Stop)
+	waitUntil(t, 10*time.Second, "first write", func() bool { return len(w.Acks()) > 0 })
+	return w
+}
+
+func (w *clusterWriter) run() {
+	defer close(w.done)
+	conns := make(map[*Node]*sql.DB)
+	defer func() {
+		for _, db := range conns {
+			db.Close()
+		}
+	}()
+	var p *Node
+	for id := 1; ; {
+		select {
+		case <-w.stop:
+			return
+		default:
+		}
+		if p == nil {
+			if a := w.c.primaries(); len(a) == 1 {
+				p = a[0]
+			} else {
+				time.Sleep(2 * time.Millisecond)
+				continue
+			}
+		}
+		db := conns[p]
+		if db == nil {
+			var err error
+			db, err = sql.Open("sqlite3", fmt.Sprintf("file:%s?_journal_mode=%s&_busy_timeout=5000&_txlock=immediate", p.Path(w.db), w.mode))
+			if err != nil {
+				p = nil
+				continue
+			}
+			db.SetMaxOpenConns(1)
+			conns[p] = db
+		}
+		// INSERT OR REPLACE: a retry of a write whose commit did return
+		// after all is harmless.
+		_, err := db.Exec("INSERT OR REPLACE INTO t(id, node, pad) VALUES(?, ?, randomblob(100 + abs(random()) % 3000))", id, p.Name)
+		if err != nil {
+			db.Close()
+			delete(conns, p)
+			p = nil
+			w.mu.Lock()
+			w.failures++
+			w.mu.Unlock()
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		w.mu.Lock()
+		w.acks = append(w.acks, ack{id: id, node: p.Name, at: time.Now()})
+		w.mu.Unlock()
+		id++
+	}
+}
+
+// Stop stops the writer. Safe to call twice.
+func (w *clusterWriter) Stop() {
+	select {
+	case <-w.stop:
+	default:
+		close(w.stop)
+	}
+	<-w.done
+}
+
+// Acks returns the acknowledged writes so far.
+func (w *clusterWriter) Acks() []ack {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]ack(nil), w.acks...)
+}
+
+// switchGap returns the time between the last write acknowledged by node
+// from and the first acknowledged by another node after it.
+func switchGap(acks []ack, from string) (time.Duration, string, bool) {
+	for i := 1; i < len(acks); i++ {
+		if acks[i-1].node == from && acks[i].node != from {
+			return acks[i].at.Sub(acks[i-1].at), acks[i].node, true
+		}
+	}
+	return 0, "", false
+}
+
+// checkNoneLost fails the test if a row whose write was acknowledged is
+// missing on node n.
+func checkNoneLost(t *testing.T, n *Node, db string, acks []ack) {
+	t.Helper()
+	out := dump(t, n, db, "SELECT id FROM t ORDER BY id")
+	have := make(map[int]bool)
+	for _, s := range strings.Fields(out) {
+		id, _ := strconv.Atoi(s)
+		have[id] = true
+	}
+	var lost []int
+	for _, a := range acks {
+		if !have[a.id] {
+			lost = append(lost, a.id)
+		}
+	}
+	if len(lost) > 0 {
+		sort.Ints(lost)
+		t.Fatalf("%d acknowledged writes missing on %s: %v", len(lost), n.Name, lost[:min(len(lost), 20)])
+	}
+}
+
+func (c *ConsulCluster) node(name string) *Node {
+	for _, n := range c.Nodes {
+		if n.Name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+func TestConsul_Election(t *testing.T) {
+	c := startConsulCluster(t, 3)
+	p := c.WaitPrimary(t, time.Second)
+	mustSQLite3(t, p.Path("db"), "CREATE TABLE t(id INTEGER PRIMARY KEY, node TEXT, pad BLOB); INSERT INTO t(id) VALUES (1), (2), (3);")
+	c.WaitConverged(t, "db")
+	for _, n := range c.Nodes {
+		if b, err := os.ReadFile(n.Path(".primary")); n != p && (err != nil || strings.TrimSpace(string(b)) != p.Name) {
+			t.Errorf("%s/.primary = %q, %v; want %s", n.Name, b, err, p.Name)
+		}
+	}
+	// A replica refuses writes with SQLite's read-only error.
+	for _, n := range c.Nodes {
+		if n != p {
+			if out, err := sqlite3(t, n.Path("db"), "INSERT INTO t(id) VALUES (4)"); err == nil || !strings.Contains(out, "readonly") {
+				t.Errorf("write on replica %s: %v %s", n.Name, err, out)
+			}
+		}
+	}
+}
+
+// TestConsul_HandoffTo hands the lease to a named node with litefs handoff
+// while a writer runs: no acknowledged write is lost.
+func TestConsul_HandoffTo(t *testing.T) {
+	for _, mode := range []string{"delete", "wal"} {
+		t.Run(mode, func(t *testing.T) {
+			c := startConsulCluster(t, 3)
+			w := startWriter(t, c, "db", mode)
+			p := c.WaitPrimary(t, time.Second)
+			var target *Node
+			for _, n := range c.Nodes {
+				if n != p {
+					target = n
+				}
+			}
+			time.Sleep(300 * time.Millisecond)
+			out, err := exec.Command(litefsBin, "handoff", "-url", p.URL(), "-to", target.Name).CombinedOutput()
+			if err != nil {
+				t.Fatalf("litefs handoff: %v\n%s", err, out)
+			}
+			t.Logf("litefs handoff: %s", strings.TrimSpace(string(out)))
+			if got := c.WaitPrimary(t, 10*time.Second); got != target {
+				t.Fatalf("primary is %s after handoff to %s", got.Name, target.Name)
+			}
+			waitUntil(t, 10*time.Second, "writes on the new primary", func() bool {
+				acks := w.Acks()
+				return len(acks) > 0 && acks[len(acks)-1].node == target.Name
+			})
+			time.Sleep(200 * time.Millisecond)
+			w.Stop()
+			acks := w.Acks()
+			gap, to, ok := switchGap(acks, p.Name)
+			if !ok || to != target.Name {
+				t.Fatalf("writes did not move from %s to %s", p.Name, target.Name)
+			}
+			t.Logf("handoff %s -> %s (%s): writes refused for %s as the writer saw it; %d writes acknowledged",
+				p.Name, target.Name, mode, gap, len(acks))
+			checkNoneLost(t, target, "db", acks)
+			c.WaitConverged(t, "db")
+
+			// A handoff asked of a replica says where the primary is.
+			out, err = exec.Command(litefsBin, "handoff", "-url", p.URL()).CombinedOutput()
+			if err == nil || !strings.Contains(string(out), "not the primary") {
+				t.Fatalf("handoff on a replica: %v %s", err, out)
+			}
+		})
+	}
+}
+
+// TestConsul_SIGTERMHandoff stops the primary under write load: it hands
+// off on the way out and no acknowledged write is lost.
+func TestConsul_SIGTERMHandoff(t *testing.T) {
+	c := startConsulCluster(t, 3)
+	w := startWriter(t, c, "db", "wal")
+	p := c.WaitPrimary(t, time.Second)
+	time.Sleep(300 * time.Millisecond)
+	p.Stop()
+	if err := p.ExitErr(); err != nil {
+		t.Fatalf("primary exited with %v", err)
+	}
+	np := c.WaitPrimary(t, 10*time.Second)
+	waitUntil(t, 10*time.Second, "writes on the new primary", func() bool {
+		acks := w.Acks()
+		return len(acks) > 0 && acks[len(acks)-1].node == np.Name
+	})
+	w.Stop()
+	acks := w.Acks()
+	gap, _, ok := switchGap(acks, p.Name)
+	if !ok {
+		t.Fatal("writes did not move off the stopped primary")
+	}
+	t.Logf("SIGTERM handoff %s -> %s: writes refused for %s as the writer saw it", p.Name, np.Name, gap)
+	checkNoneLost(t, np, "db", acks)
+	c.WaitConverged(t, "db")
+
+	// The old primary comes back as a replica, cleanly.
+	p.Start()
+	c.WaitConverged(t, "db")
+	checkCleanStart(t, p)
+}
+
+// checkCleanStart fails if a node's start had to move data aside.
+func checkCleanStart(t *testing.T, n *Node) {
+	t.Helper()
+	if strings.Contains(n.Logs(), "moved aside") || strings.Contains(n.Logs(), "mismatch") {
+		t.Errorf("%s did not start cleanly:\n%s", n.Name, n.Logs())
+	}
+}
+
+// TestConsul_CrashFailover kills the primary under write load: a candidate
+// takes over within TTL + lock delay + 1s (asserted loosely, reported
+// exactly), and the others follow it.
+func TestConsul_CrashFailover(t *testing.T) {
+	c := startConsulCluster(t, 3)
+	w := startWriter(t, c, "db", "delete")
+	p := c.WaitPrimary(t, time.Second)
+	time.Sleep(500 * time.Millisecond)
+	killed := time.Now()
+	p.Kill()
+	var np *Node
+	waitUntil(t, 30*time.Second, "a new primary", func() bool {
+		a := c.primaries()
+		if len(a) == 1 {
+			np = a[0]
+		}
+		return np != nil
+	})
+	elected := time.Since(killed)
+	waitUntil(t, 10*time.Second, "writes on the new primary", func() bool {
+		acks := w.Acks()
+		return len(acks) > 0 && acks[len(acks)-1].node == np.Name
+	})
+	w.Stop()
+	acks := w.Acks()
+	gap, _, _ := switchGap(acks, p.Name)
+	t.Logf("crash failover %s -> %s: new primary after %s (bound TTL %s + lock delay %s + 1s); writes failed for %s",
+		p.Name, np.Name, elected.Round(time.Millisecond), testTTL, testLockDelay, gap)
+	if limit := testTTL + testLockDelay + time.Second; elected > limit {
+		t.Errorf("failover took %s, more than TTL + lock delay + 1s = %s", elected, limit)
+	}
+	c.WaitConverged(t, "db")
+
+	// The crashed node restarts as a replica, cleanly.
+	p.Start()
+	c.WaitConverged(t, "db")
+	checkCleanStart(t, p)
+}
+
+// TestConsul_ConsulDown kills Consul for longer than the TTL while writes
+// run: the primary stops writing before the TTL, replicas keep serving
+// reads, and a primary is elected when Consul returns.
+func TestConsul_ConsulDown(t *testing.T) {
+	c := startConsulCluster(t, 3)
+	w := startWriter(t, c, "db", "wal")
+	p := c.WaitPrimary(t, time.Second)
+	time.Sleep(300 * time.Millisecond)
+	down := time.Now()
+	c.Consul.Stop()
+	waitUntil(t, 3*testTTL, "the primary to step down", func() bool { return len(c.primaries()) == 0 })
+	steppedDown := time.Since(down)
+	var lastAck time.Time
+	for _, a := range w.Acks() {
+		lastAck = a.at
+	}
+	t.Logf("consul down: primary stepped down after %s; last write acknowledged %s after consul stopped (TTL %s)",
+		steppedDown.Round(time.Millisecond), lastAck.Sub(down).Round(time.Millisecond), testTTL)
+	if lastAck.Sub(down) >= testTTL {
+		t.Fatalf("a write was acknowledged %s after Consul stopped, past the TTL %s", lastAck.Sub(down), testTTL)
+	}
+	// Replicas (and the old primary) serve reads from local data.
+	for _, n := range c.Nodes {
+		if out, err := sqlite3(t, n.Path("db"), "SELECT count(*) > 0 FROM t"); err != nil || out != "1" {
+			t.Errorf("read on %s while Consul is down: %v %s", n.Name, err, out)
+		}
+	}
+	time.Sleep(testTTL)
+	c.Consul.Restart()
+	np := c.WaitPrimary(t, 20*time.Second)
+	waitUntil(t, 10*time.Second, "writes after Consul returned", func() bool {
+		acks := w.Acks()
+		return len(acks) > 0 && acks[len(acks)-1].at.After(down.Add(testTTL))
+	})
+	w.Stop()
+	t.Logf("consul back: %s is primary (was %s)", np.Name, p.Name)
+	checkNoneLost(t, np, "db", w.Acks())
+	c.WaitConverged(t, "db")
+}
+
+// TestConsul_RollingRestart restarts every node in turn, several rounds,
+// while writes run: each start is clean and nothing acknowledged is lost.
+func TestConsul_RollingRestart(t *testing.T) {
+	rounds := 3
+	if testing.Short() {
+		rounds = 1
+	}
+	c := startConsulCluster(t, 3)
+	w := startWriter(t, c, "db", "delete")
+	for r := 0; r < rounds; r++ {
+		for _, n := range c.Nodes {
+			before := len(w.Acks())
+			n.Stop()
+			if err := n.ExitErr(); err != nil {
+				t.Fatalf("%s exited with %v", n.Name, err)
+			}
+			n.Start()
+			checkCleanStart(t, n)
+			waitUntil(t, 20*time.Second, "writes to go on", func() bool { return len(w.Acks()) > before+10 })
+		}
+	}
+	w.Stop()
+	np := c.WaitPrimary(t, 10*time.Second)
+	checkNoneLost(t, np, "db", w.Acks())
+	c.WaitConverged(t, "db")
+	t.Logf("rolling restart: %d rounds, %d writes acknowledged, %d failed attempts", rounds, len(w.Acks()), w.failures)
+}
