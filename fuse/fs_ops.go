@@ -108,7 +108,7 @@ func (fs *FS) errno(op string, n *node, err error) error {
 		return fuse.Errno(syscall.EROFS)
 	case errors.Is(err, replica.ErrFenced):
 		if fs.readOnlyLog.Allow() {
-			fs.Logger.Warn(op+" refused: "+err.Error()+"; the node steps down unless a renewal succeeds (is Consul reachable?)")
+			fs.Logger.Warn(op + " refused: " + err.Error() + "; the node steps down unless a renewal succeeds (is Consul reachable?)")
 		}
 		return fuse.Errno(syscall.EROFS)
 	case errors.Is(err, replica.ErrNotPageWrite):

@@ -45,9 +45,9 @@ type DB struct {
 	resized  bool                    // truncated since the last commit
 	closed   bool
 
-	onError   func(error) // reports failures the store's owner may stop for
+	onError   func(error)  // reports failures the store's owner may stop for
 	canCommit func() error // refuses commits on a node that may not write
-	onChange func()      // tells the store the position moved
+	onChange  func()       // tells the store the position moved
 
 	wal walState
 }

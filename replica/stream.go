@@ -42,7 +42,7 @@ type streamRequest struct {
 	Node         string            `json:"node"`
 	AdvertiseURL string            `json:"advertise_url,omitempty"` // the replica's API URL
 	Candidate    bool              `json:"candidate,omitempty"`     // whether it may become primary
-	Positions map[string]string `json:"positions"` // db -> ltx.Pos.String()
+	Positions    map[string]string `json:"positions"`               // db -> ltx.Pos.String()
 }
 
 // streamHello opens the stream.

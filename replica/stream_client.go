@@ -36,7 +36,7 @@ type Client struct {
 	// and whether it may take over (for handoffs).
 	AdvertiseURL string
 	Candidate    bool
-	Store *Store
+	Store        *Store
 	// Gate keeps readers out while a transaction is applied.
 	Gate Gate
 	// HeartbeatTimeout is how long the stream may be silent before the

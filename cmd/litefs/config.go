@@ -111,11 +111,11 @@ func (e *ExecConfig) UnmarshalYAML(n *yaml.Node) error {
 func NewConfig() Config {
 	host, _ := os.Hostname()
 	return Config{
-		Data:  DataConfig{Retention: replica.DefaultRetention, RetentionMonitorInterval: replica.DefaultRetentionInterval},
-		HTTP:  HTTPConfig{Addr: DefaultHTTPAddr},
+		Data: DataConfig{Retention: replica.DefaultRetention, RetentionMonitorInterval: replica.DefaultRetentionInterval},
+		HTTP: HTTPConfig{Addr: DefaultHTTPAddr},
 		Lease: LeaseConfig{Type: "static", Candidate: true, Hostname: host, HandoffTimeout: DefaultHandoffTimeout,
 			Consul: ConsulConfig{Key: lease.DefaultConsulKey, TTL: lease.DefaultConsulTTL, LockDelay: lease.DefaultConsulLockDelay}},
-		Log:   LogConfig{Format: "text"},
+		Log: LogConfig{Format: "text"},
 	}
 }
 
