@@ -262,10 +262,18 @@ func (c *Client) apply(ctx context.Context, in *incoming) error {
 }
 
 func (c *Client) delete(name string) error {
-	if c.Store.DB(name) == nil {
+	db := c.Store.DB(name)
+	if db == nil {
 		return nil
 	}
-	if err := c.Store.DeleteDB(name); err != nil {
+	// The primary may have deleted it, or may never have had it (a node
+	// that became primary without this node's data): either way the data
+	// is kept aside, not destroyed.
+	if db.Pos().TXID > 0 {
+		if _, err := c.Store.MoveAside(name, "the primary does not have this database (deleted there, or never replicated to it)"); err != nil {
+			return err
+		}
+	} else if err := c.Store.DeleteDB(name); err != nil {
 		return err
 	}
 	if c.Gate != nil {

@@ -48,6 +48,8 @@ type leaseManager struct {
 	following string      // the primary's URL the client streams from
 	stopRepl  func()      // stops the replication client
 
+	handingOff bool      // a handoff is in progress
+	stopping   bool      // the node is stopping: it must not take the lease
 	promoted   bool      // lease.promote: the handoff to this node was asked for
 	promotedAt time.Time // when it was last asked for
 }
@@ -77,7 +79,7 @@ func (m *leaseManager) isPrimary() bool {
 }
 
 // run manages the node's role until ctx ends. It never releases the lease
-// itself: Close hands it off.
+// itself: shutdown hands it off, while run goes on renewing it.
 func (m *leaseManager) run(ctx context.Context) {
 	var (
 		index       uint64
@@ -174,6 +176,12 @@ func (m *leaseManager) txids() map[string]uint64 {
 // elect takes the free lease unless another candidate is ahead of this
 // node; handedOff skips the wait when the lease was handed to this node.
 func (m *leaseManager) elect(ctx context.Context, handedOff bool) bool {
+	m.mu.Lock()
+	stopping := m.stopping
+	m.mu.Unlock()
+	if stopping {
+		return false
+	}
 	mine := m.txids()
 	if !handedOff {
 		if err := m.consul.Publish(ctx, mine); err != nil {
@@ -343,35 +351,62 @@ func (m *leaseManager) handoff(ctx context.Context, to string) (replica.HandoffR
 // handoffTo is handoff; anyone says to release the lease even when no
 // candidate is connected (the node is stopping).
 func (m *leaseManager) handoffTo(ctx context.Context, to string, anyone bool) (replica.HandoffResult, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	res := replica.HandoffResult{From: m.consul.Hostname}
+	m.mu.Lock()
 	l := m.lease
-	if l == nil {
+	switch {
+	case l == nil:
+		m.mu.Unlock()
 		primary := m.cmd.Store.PrimaryHostname()
 		if primary == "" {
 			primary = "unknown (not connected)"
 		}
 		return res, fmt.Errorf("%w: the primary is %s; run the handoff against its API (litefs handoff -url URL)", replica.ErrNotPrimary, primary)
+	case m.handingOff:
+		m.mu.Unlock()
+		return res, errors.New("a handoff is already in progress")
 	}
+	// Renewals go on while the handoff waits.
+	m.handingOff = true
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		m.handingOff = false
+		m.mu.Unlock()
+	}()
+
+	timeout := m.cmd.Config.Lease.HandoffTimeout
 	target, err := m.pickTarget(ctx, to)
 	if err != nil {
 		return res, err
+	}
+	if target == nil && anyone {
+		// Stopping: wait for a candidate to connect, so that the lease
+		// goes to a node that has every transaction.
+		m.logger.Info("handoff: waiting for a candidate to connect", slog.Duration("timeout", timeout))
+		wctx, cancel := context.WithTimeout(ctx, timeout)
+		for target == nil && wctx.Err() == nil {
+			sleep(wctx, 50*time.Millisecond)
+			target, _ = m.pickTarget(wctx, "")
+		}
+		cancel()
 	}
 	if target == nil && !anyone {
 		return res, errors.New("no candidate is connected to this primary; nothing to hand off to")
 	}
 	start := time.Now()
-	stopCtx, cancel := context.WithTimeout(ctx, m.cmd.Config.Lease.HandoffTimeout)
+	stopCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
 	// Stop writes: a write transaction in progress finishes first.
 	var unlocks []func() error
-	defer func() {
+	release := func() {
 		for _, u := range unlocks {
 			_ = u()
 		}
-	}()
+		unlocks = nil
+	}
+	defer release()
 	for _, db := range m.cmd.Store.DBs() {
 		u, err := m.cmd.FS.LockWrites(stopCtx, db.Name())
 		if err != nil {
@@ -392,21 +427,29 @@ func (m *leaseManager) handoffTo(ctx context.Context, to string, anyone bool) (r
 			name = ""
 		}
 	}
+	if name == "" {
+		m.logger.Warn("handoff: no candidate is known to have every transaction of this node; the next primary may lack the newest ones, which stay in this node's data directory",
+			slog.Any("positions", want))
+	}
+
+	m.mu.Lock()
+	if m.lease != l {
+		m.mu.Unlock()
+		return res, errors.New("the lease was lost during the handoff; this node stepped down")
+	}
 	// Commits are refused from here on; then the lease goes.
 	m.cmd.Store.SetFence(time.Now())
 	if err := l.Handoff(name); err != nil {
 		m.logger.Warn("handoff: releasing the lease", slog.Any(replica.LogKeyError, err))
 	}
 	m.lease = nil
-	for _, u := range unlocks {
-		_ = u()
-	}
-	unlocks = nil
+	release()
 	m.demoteLocked(context.WithoutCancel(ctx))
+	m.mu.Unlock()
 	released := time.Now()
 
 	// Report who took over, and when.
-	wctx, wcancel := context.WithTimeout(ctx, m.cmd.Config.Lease.HandoffTimeout)
+	wctx, wcancel := context.WithTimeout(ctx, timeout)
 	defer wcancel()
 	for index := uint64(0); wctx.Err() == nil; {
 		st, err := m.consul.Watch(wctx, index, m.interval)
@@ -552,10 +595,10 @@ func requestHandoff(ctx context.Context, url, to string) (replica.HandoffResult,
 
 // shutdown hands the lease off (or releases it) when the node stops.
 func (m *leaseManager) shutdown(ctx context.Context) {
+	m.mu.Lock()
+	m.stopping = true
+	m.mu.Unlock()
 	if !m.isPrimary() {
-		m.mu.Lock()
-		m.stopReplication()
-		m.mu.Unlock()
 		return
 	}
 	m.logger.Info("stopping: handing the primary lease off")
@@ -574,7 +617,11 @@ func (m *leaseManager) shutdown(ctx context.Context) {
 	if res.To == "" {
 		m.logger.Warn("no candidate took the lease; the cluster has no primary until one does")
 	}
+}
+
+// close stops replication; run has returned.
+func (m *leaseManager) close() {
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.stopReplication()
-	m.mu.Unlock()
 }

@@ -280,11 +280,12 @@ func (c *MountCommand) runExec(ctx context.Context, fatal <-chan error) error {
 func (c *MountCommand) Close() error {
 	var first error
 	if c.stopLeases != nil {
-		c.stopLeases()
-		c.stopLeases = nil
-		ctx, cancel := context.WithTimeout(context.Background(), c.Config.Lease.HandoffTimeout+5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*c.Config.Lease.HandoffTimeout+5*time.Second)
 		c.leases.shutdown(ctx)
 		cancel()
+		c.stopLeases()
+		c.stopLeases = nil
+		c.leases.close()
 	}
 	if c.stopClient != nil {
 		c.stopClient()
