@@ -100,3 +100,91 @@ func TestConsul_Expiry(t *testing.T) {
 		t.Fatalf("renew of an expired lease: %v", err)
 	}
 }
+
+func TestAhead(t *testing.T) {
+	for _, tt := range []struct {
+		a, b map[string]uint64
+		want bool
+	}{
+		{map[string]uint64{"x": 2}, map[string]uint64{"x": 1}, true},
+		{map[string]uint64{"x": 1}, map[string]uint64{"x": 1}, false},
+		{map[string]uint64{"x": 1}, map[string]uint64{"x": 2}, false},
+		{map[string]uint64{"x": 2, "y": 1}, map[string]uint64{"x": 3, "y": 0}, false}, // forked: neither
+		{map[string]uint64{"x": 1, "y": 1}, map[string]uint64{"x": 1}, true},
+		{map[string]uint64{"x": 1}, map[string]uint64{"x": 1, "y": 1}, false},
+		{map[string]uint64{}, map[string]uint64{}, false},
+	} {
+		if got := lease.Ahead(tt.a, tt.b); got != tt.want {
+			t.Errorf("Ahead(%v, %v) = %v, want %v", tt.a, tt.b, got, tt.want)
+		}
+	}
+}
+
+// TestConsul_WatchAndEndSession: renewals change the key (how candidates
+// see the holder alive), ending the holder's session frees it, and a
+// handoff names its target.
+func TestConsul_WatchAndEndSession(t *testing.T) {
+	addr := startConsul(t)
+	ctx := context.Background()
+	a, b := newConsul(addr, "node-a"), newConsul(addr, "node-b")
+	a.LockDelay = 0
+	st, err := b.Watch(ctx, 0, time.Second)
+	if err != nil || st.Session != "" {
+		t.Fatalf("free key: %+v %v", st, err)
+	}
+	la, err := a.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err = b.Watch(ctx, st.Index, 5*time.Second)
+	if err != nil || st.Session == "" || st.Primary.Hostname != "node-a" {
+		t.Fatalf("held key: %+v %v", st, err)
+	}
+	if err := la.Renew(ctx); err != nil {
+		t.Fatal(err)
+	}
+	next, err := b.Watch(ctx, st.Index, 5*time.Second)
+	if err != nil || next.Index == st.Index || next.Session != st.Session {
+		t.Fatalf("a renewal must change the key: before %+v after %+v %v", st, next, err)
+	}
+	if err := b.EndSession(ctx, next.Session); err != nil {
+		t.Fatal(err)
+	}
+	if err := la.Renew(ctx); !errors.Is(err, lease.ErrLeaseLost) {
+		t.Fatalf("renew after the session was ended: %v", err)
+	}
+	var lb lease.Lease
+	for start := time.Now(); lb == nil; time.Sleep(10 * time.Millisecond) {
+		if lb, err = b.Acquire(ctx); err != nil && (!errors.Is(err, lease.ErrPrimaryExists) || time.Since(start) > 5*time.Second) {
+			t.Fatalf("acquire after ending the holder's session: %v", err)
+		}
+	}
+	if err := lb.Handoff("node-a"); err != nil {
+		t.Fatal(err)
+	}
+	st, err = a.Watch(ctx, 0, time.Second)
+	if err != nil || st.Session != "" || st.HandoffTo != "node-a" {
+		t.Fatalf("handed-off key: %+v %v", st, err)
+	}
+
+	// The candidate registry.
+	if err := a.Publish(ctx, map[string]uint64{"db": 7}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publish(ctx, map[string]uint64{"db": 5}); err != nil {
+		t.Fatal(err)
+	}
+	cands, err := b.Candidates(ctx, time.Now().Add(-time.Minute))
+	if err != nil || len(cands) != 2 {
+		t.Fatalf("candidates %+v %v", cands, err)
+	}
+	if cands, _ := b.Candidates(ctx, time.Now().Add(time.Minute)); len(cands) != 0 {
+		t.Fatalf("stale entries must not count: %+v", cands)
+	}
+	if err := a.Unpublish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if cands, _ := b.Candidates(ctx, time.Now().Add(-time.Minute)); len(cands) != 1 || cands[0].Hostname != "node-b" {
+		t.Fatalf("after unpublish: %+v", cands)
+	}
+}

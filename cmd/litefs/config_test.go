@@ -52,6 +52,33 @@ log:
 			t.Fatalf("defaults %+v", c)
 		}
 	})
+	t.Run("Consul", func(t *testing.T) {
+		c, err := ParseConfig([]byte(`
+fuse:
+  dir: /litefs
+data:
+  dir: /data
+lease:
+  type: consul
+  hostname: node-a
+  advertise-url: http://node-a:20202
+  promote: true
+  consul:
+    url: http://127.0.0.1:8500
+    ttl: 5s
+`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		l := c.Lease
+		if l.Consul.URL != "http://127.0.0.1:8500" || l.Consul.Key != "litefs/primary" || l.Consul.TTL != 5*time.Second ||
+			l.Consul.LockDelay != time.Second || !l.Promote || !l.Candidate || l.HandoffTimeout != DefaultHandoffTimeout {
+			t.Fatalf("lease %+v", l)
+		}
+	})
 	t.Run("ExecList", func(t *testing.T) {
 		c, err := ParseConfig([]byte("exec:\n  - cmd: migrate\n  - cmd: serve\n"))
 		if err != nil {
@@ -79,9 +106,16 @@ func TestConfig_Validate(t *testing.T) {
 		{"BadLogFormat", "fuse:\n  dir: /a\ndata:\n  dir: /d\nlog:\n  format: xml\n", "log.format"},
 		{"BadRetention", "fuse:\n  dir: /a\ndata:\n  dir: /d\n  retention: -1s\n", "data.retention"},
 		{"NotYAML", "fuse: [", "parse config"},
+		{"ConsulWithoutURL", "{consul}", "lease.consul.url"},
+		{"ConsulShortTTL", "{consul}  consul:\n    url: http://c:8500\n    ttl: 100ms\n", "lease.consul.ttl"},
+		{"ConsulNegativeLockDelay", "{consul}  consul:\n    url: http://c:8500\n    lock-delay: -1s\n", "lease.consul.lock-delay"},
+		{"ConsulWithoutAdvertiseURL", "{base}lease:\n  type: consul\n  hostname: a\n  consul:\n    url: http://c:8500\n", "lease.advertise-url"},
+		{"ConsulUnknownKey", "{consul}  consul:\n    url: http://c:8500\n    tll: 5s\n", "tll"},
+		{"PromoteNotCandidate", "{consul}  candidate: false\n  promote: true\n  consul:\n    url: http://c:8500\n", "lease.promote"},
+		{"PromoteStatic", "{base}lease:\n  promote: true\n", "lease.promote"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := ParseConfig([]byte(tt.yaml))
+			c, err := ParseConfig([]byte(strings.NewReplacer("{base}", "fuse:\n  dir: /a\ndata:\n  dir: /d\n", "{consul}", "fuse:\n  dir: /a\ndata:\n  dir: /d\nlease:\n  type: consul\n  hostname: a\n  advertise-url: http://a:1\n").Replace(tt.yaml)))
 			if err == nil {
 				err = c.Validate()
 			}

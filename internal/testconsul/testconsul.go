@@ -93,6 +93,22 @@ func (a *Agent) Stop() {
 	}
 }
 
+func (a *Agent) ready() bool {
+	for _, path := range []string{"/v1/status/leader", "/v1/catalog/nodes"} {
+		resp, err := http.Get(a.URL() + path)
+		if err != nil {
+			return false
+		}
+		var b [256]byte
+		n, _ := resp.Body.Read(b[:])
+		resp.Body.Close()
+		if s := strings.Trim(string(b[:n]), "\"\n"); resp.StatusCode != http.StatusOK || s == "" || s == "[]" {
+			return false
+		}
+	}
+	return true
+}
+
 // Restart starts the agent again on the same ports, with empty state, and
 // waits for it to have a leader.
 func (a *Agent) Restart() {
@@ -108,19 +124,12 @@ func (a *Agent) Restart() {
 	}
 	a.alive = true
 	a.mu.Unlock()
+	// Ready once it has a leader and has registered its own node, which
+	// sessions need.
 	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(a.URL() + "/v1/status/leader")
-		if err == nil {
-			var b [64]byte
-			n, _ := resp.Body.Read(b[:])
-			resp.Body.Close()
-			if s := strings.Trim(string(b[:n]), "\"\n"); s != "" {
-				return
-			}
-		}
+	for !a.ready() {
 		if time.Now().After(deadline) {
-			a.t.Fatalf("consul did not elect a leader in 30s:\n%s", a.logs.String())
+			a.t.Fatalf("consul was not ready in 30s:\n%s", a.logs.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
