@@ -1,7 +1,10 @@
 package tests
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"sort"
 	"strings"
@@ -117,4 +120,77 @@ func BenchmarkCatchUp(b *testing.B) {
 		b.ReportMetric(float64(fi.Size())/1e6/elapsed.Seconds(), "MB/s")
 		r.Stop()
 	}
+}
+
+// BenchmarkHandoff hands the primary lease back and forth between
+// candidates of a three-node Consul cluster while a writer inserts rows on
+// whichever node is primary, and reports the time writes were refused as
+// the writer saw it (last COMMIT on the old primary to first COMMIT on the
+// new one) and as the primary reported it.
+//
+//	go test ./tests -run '^$' -bench Handoff -benchtime 20x
+func BenchmarkHandoff(b *testing.B) {
+	for _, mode := range []string{"DELETE", "WAL"} {
+		b.Run(mode, func(b *testing.B) {
+			bin, err := buildLitefs(false)
+			if err != nil {
+				b.Fatal(err)
+			}
+			c := startConsulClusterWith(b, 3, bin)
+			w := startWriter(b, c, "db", mode)
+			var seen, reported []time.Duration
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				p := c.WaitPrimary(b, 10*time.Second)
+				before := len(w.Acks())
+				waitUntil(b, 10*time.Second, "writes", func() bool { return len(w.Acks()) > before+20 })
+				res, err := requestHandoffBench(p.URL())
+				if err != nil {
+					b.Fatal(err)
+				}
+				reported = append(reported, time.Duration(res)*time.Millisecond)
+				np := c.WaitPrimary(b, 10*time.Second)
+				waitUntil(b, 10*time.Second, "writes on the new primary", func() bool {
+					acks := w.Acks()
+					return acks[len(acks)-1].node == np.Name
+				})
+				acks := w.Acks()
+				gap, _, ok := switchGap(acks[before:], p.Name)
+				if !ok {
+					b.Fatalf("writes did not move off %s", p.Name)
+				}
+				seen = append(seen, gap)
+			}
+			b.StopTimer()
+			w.Stop()
+			checkNoneLost(b, c.WaitPrimary(b, 10*time.Second), "db", w.Acks())
+			for _, m := range []struct {
+				name string
+				d    []time.Duration
+			}{{"writer", seen}, {"primary", reported}} {
+				sort.Slice(m.d, func(i, j int) bool { return m.d[i] < m.d[j] })
+				b.ReportMetric(float64(m.d[len(m.d)/2].Microseconds())/1000, m.name+"-p50-ms")
+				b.ReportMetric(float64(m.d[len(m.d)-1].Microseconds())/1000, m.name+"-max-ms")
+			}
+		})
+	}
+}
+
+// requestHandoffBench asks the primary at url to hand off and returns the
+// window it reports, in milliseconds.
+func requestHandoffBench(url string) (int64, error) {
+	resp, err := http.Post(url+"/handoff", "", nil)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var res struct {
+		WindowMS int64 `json:"window_ms"`
+	}
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(resp.Body)
+		return 0, fmt.Errorf("handoff: %s: %s", resp.Status, msg)
+	}
+	err = json.NewDecoder(resp.Body).Decode(&res)
+	return res.WindowMS, err
 }

@@ -32,12 +32,18 @@ type ConsulCluster struct {
 
 // startConsulCluster starts a Consul agent and n candidates, and waits for
 // a primary. Every running node's invariants are checked at the end.
-func startConsulCluster(t *testing.T, n int) *ConsulCluster {
+func startConsulCluster(t testing.TB, n int) *ConsulCluster {
+	return startConsulClusterWith(t, n, litefsBin)
+}
+
+func startConsulClusterWith(t testing.TB, n int, bin string) *ConsulCluster {
 	t.Helper()
 	c := &ConsulCluster{Consul: testconsul.Start(t)}
 	for i := 0; i < n; i++ {
-		c.Nodes = append(c.Nodes, NewNodeWith(t, NodeConfig{Name: fmt.Sprintf("node%d", i+1), Consul: c.Consul.URL(),
-			ConsulTTL: testTTL.String(), LockDelay: testLockDelay.String(), Lease: "  handoff-timeout: 3s\n"}))
+		node := NewNodeWith(t, NodeConfig{Name: fmt.Sprintf("node%d", i+1), Consul: c.Consul.URL(),
+			ConsulTTL: testTTL.String(), LockDelay: testLockDelay.String(), Lease: "  handoff-timeout: 3s\n"})
+		node.Bin = bin
+		c.Nodes = append(c.Nodes, node)
 	}
 	for _, node := range c.Nodes {
 		node.StartCmd()
@@ -92,7 +98,7 @@ func (c *ConsulCluster) primaries() []*Node {
 
 // WaitPrimary waits until exactly one node is primary and returns it; two
 // at once fail the test.
-func (c *ConsulCluster) WaitPrimary(t *testing.T, d time.Duration) *Node {
+func (c *ConsulCluster) WaitPrimary(t testing.TB, d time.Duration) *Node {
 	t.Helper()
 	var p *Node
 	waitUntil(t, d, "a primary", func() bool {
@@ -110,7 +116,7 @@ func (c *ConsulCluster) WaitPrimary(t *testing.T, d time.Duration) *Node {
 
 // WaitConverged waits until every running node has the primary's
 // position of db, then checks that they hold the same rows.
-func (c *ConsulCluster) WaitConverged(t *testing.T, db string) {
+func (c *ConsulCluster) WaitConverged(t testing.TB, db string) {
 	t.Helper()
 	p := c.WaitPrimary(t, 30*time.Second)
 	want := p.Pos(db)
@@ -154,7 +160,7 @@ type clusterWriter struct {
 	done     chan struct{}
 }
 
-func startWriter(t *testing.T, c *ConsulCluster, db, mode string) *clusterWriter {
+func startWriter(t testing.TB, c *ConsulCluster, db, mode string) *clusterWriter {
 	t.Helper()
 	p := c.WaitPrimary(t, 15*time.Second)
 	mustSQLite3(t, p.Path(db), fmt.Sprintf("PRAGMA journal_mode=%s; CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, node TEXT, pad BLOB);", mode))
@@ -249,7 +255,7 @@ func switchGap(acks []ack, from string) (time.Duration, string, bool) {
 
 // checkNoneLost fails the test if a row whose write was acknowledged is
 // missing on node n.
-func checkNoneLost(t *testing.T, n *Node, db string, acks []ack) {
+func checkNoneLost(t testing.TB, n *Node, db string, acks []ack) {
 	t.Helper()
 	out := dump(t, n, db, "SELECT id FROM t ORDER BY id")
 	have := make(map[int]bool)
@@ -379,7 +385,7 @@ func TestConsul_SIGTERMHandoff(t *testing.T) {
 }
 
 // checkCleanStart fails if a node's start had to move data aside.
-func checkCleanStart(t *testing.T, n *Node) {
+func checkCleanStart(t testing.TB, n *Node) {
 	t.Helper()
 	if strings.Contains(n.Logs(), "moved aside") || strings.Contains(n.Logs(), "mismatch") {
 		t.Errorf("%s did not start cleanly:\n%s", n.Name, n.Logs())
@@ -491,4 +497,39 @@ func TestConsul_RollingRestart(t *testing.T) {
 	checkNoneLost(t, np, "db", w.Acks())
 	c.WaitConverged(t, "db")
 	t.Logf("rolling restart: %d rounds, %d writes acknowledged, %d failed attempts", rounds, len(w.Acks()), w.failures)
+}
+
+// TestConsul_StartMismatch damages a stopped node's database file: on the
+// Consul lease the node starts anyway, keeps the damaged copy aside, says
+// where, and takes a snapshot from the primary.
+func TestConsul_StartMismatch(t *testing.T) {
+	c := startConsulCluster(t, 3)
+	p := c.WaitPrimary(t, time.Second)
+	mustSQLite3(t, p.Path("db"), "CREATE TABLE t(id INTEGER PRIMARY KEY, node TEXT, pad BLOB); WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 200) INSERT INTO t(id, pad) SELECT i, randomblob(500) FROM s;")
+	c.WaitConverged(t, "db")
+	var n *Node
+	for _, node := range c.Nodes {
+		if node != p {
+			n = node
+		}
+	}
+	n.Stop()
+	path := n.DataDir + "/dbs/db/database"
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("damage"), 4096+100); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	n.Start()
+	c.WaitConverged(t, "db")
+	if !strings.Contains(n.Logs(), "moved aside") {
+		t.Fatalf("%s did not say it moved the damaged database aside:\n%s", n.Name, n.Logs())
+	}
+	aside, _ := os.ReadDir(n.DataDir + "/aside")
+	if len(aside) != 1 {
+		t.Fatalf("aside holds %d entries, want the damaged copy", len(aside))
+	}
 }

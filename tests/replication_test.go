@@ -70,7 +70,7 @@ func (c *Cluster) WaitConverged(t *testing.T, dbs ...string) {
 }
 
 // dump returns a table's rows in order, through the sqlite3 CLI.
-func dump(t *testing.T, n *Node, db, query string) string {
+func dump(t testing.TB, n *Node, db, query string) string {
 	t.Helper()
 	return mustSQLite3(t, n.Path(db), query)
 }
