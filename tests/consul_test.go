@@ -53,13 +53,17 @@ func startConsulClusterWith(t testing.TB, n int, bin string) *ConsulCluster {
 	}
 	c.WaitPrimary(t, 15*time.Second)
 	t.Cleanup(func() {
-		if t.Failed() {
-			return
-		}
-		for _, node := range c.Nodes {
-			if node.running() {
-				node.CheckInvariants()
+		if !t.Failed() {
+			for _, node := range c.Nodes {
+				if node.running() {
+					node.CheckInvariants()
+				}
 			}
+		}
+		// Killed, not stopped: a stopping primary whose candidates are
+		// gone would wait lease.handoff-timeout for one.
+		for _, node := range c.Nodes {
+			node.Kill()
 		}
 	})
 	return c
@@ -507,6 +511,12 @@ func TestConsul_StartMismatch(t *testing.T) {
 	p := c.WaitPrimary(t, time.Second)
 	mustSQLite3(t, p.Path("db"), "CREATE TABLE t(id INTEGER PRIMARY KEY, node TEXT, pad BLOB); WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 200) INSERT INTO t(id, pad) SELECT i, randomblob(500) FROM s;")
 	c.WaitConverged(t, "db")
+	// Transactions after the first, so that the newest LTX file is not a
+	// snapshot the node could heal from by itself.
+	for i := 0; i < 3; i++ {
+		mustSQLite3(t, p.Path("db"), fmt.Sprintf("INSERT INTO t(id) VALUES (%d)", 1000+i))
+		c.WaitConverged(t, "db")
+	}
 	var n *Node
 	for _, node := range c.Nodes {
 		if node != p {
