@@ -296,6 +296,12 @@ func (s *Server) sendLog(st *streamWriter, db *DB, files []ltx.FileInfo, from, c
 		if f.MaxTXID < next {
 			continue
 		}
+		if f.MaxTXID > cur.TXID {
+			// Logged but not yet published (or its commit failed):
+			// sending it would put the replica ahead of the position
+			// this stream compares it with.
+			break
+		}
 		if f.MinTXID != next {
 			return from, errLogGap
 		}

@@ -142,6 +142,16 @@ func BenchmarkHandoff(b *testing.B) {
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				p := c.WaitPrimary(b, 10*time.Second)
+				// Both other nodes follow the new primary before the
+				// next handoff.
+				for _, n := range c.Nodes {
+					if n != p {
+						waitUntil(b, 10*time.Second, n.Name+" to follow "+p.Name, func() bool {
+							got, err := os.ReadFile(n.Path(".primary"))
+							return err == nil && strings.TrimSpace(string(got)) == p.Name
+						})
+					}
+				}
 				before := len(w.Acks())
 				waitUntil(b, 10*time.Second, "writes", func() bool { return len(w.Acks()) > before+20 })
 				res, err := requestHandoffBench(p.URL())

@@ -543,3 +543,24 @@ func TestConsul_StartMismatch(t *testing.T) {
 		t.Fatalf("aside holds %d entries, want the damaged copy", len(aside))
 	}
 }
+
+// TestConsul_Promote starts a node with lease.promote: once it has caught
+// up, the primary hands the lease to it.
+func TestConsul_Promote(t *testing.T) {
+	c := startConsulCluster(t, 2)
+	p := c.WaitPrimary(t, time.Second)
+	mustSQLite3(t, p.Path("db"), "CREATE TABLE t(id INTEGER PRIMARY KEY, node TEXT, pad BLOB); INSERT INTO t(id) VALUES (1), (2);")
+	n := NewNodeWith(t, NodeConfig{Name: "node3", Consul: c.Consul.URL(), ConsulTTL: testTTL.String(),
+		LockDelay: testLockDelay.String(), Lease: "  promote: true\n"})
+	c.Nodes = append(c.Nodes, n)
+	n.Start()
+	waitUntil(t, 15*time.Second, "node3 to be promoted", func() bool {
+		info, err := getAPIInfo(n)
+		return err == nil && info.Primary
+	})
+	mustSQLite3(t, n.Path("db"), "INSERT INTO t(id) VALUES (3)")
+	c.WaitConverged(t, "db")
+	if got := dump(t, p, "db", "SELECT count(*) FROM t"); got != "3" {
+		t.Fatalf("old primary has %s rows, want 3", got)
+	}
+}

@@ -322,21 +322,31 @@ func (m *leaseManager) stopReplication() {
 // maybePromote asks the primary, once this node has caught up with it, to
 // hand the lease to this node (lease.promote).
 func (m *leaseManager) maybePromote(ctx context.Context, p lease.PrimaryInfo) {
-	if !m.cmd.Config.Lease.Promote || m.promoted || time.Since(m.promotedAt) < 5*time.Second {
+	m.mu.Lock()
+	done := m.promoted || time.Since(m.promotedAt) < 5*time.Second
+	m.mu.Unlock()
+	if !m.cmd.Config.Lease.Promote || done {
 		return
 	}
 	if m.cmd.Store.PrimaryHostname() == "" || m.cmd.Store.Lag() != 0 {
 		return // not connected or not caught up yet
 	}
+	m.mu.Lock()
 	m.promotedAt = time.Now()
+	m.mu.Unlock()
 	m.logger.Info("lease.promote: asking the primary to hand off to this node", slog.String("primary", p.Hostname))
-	res, err := requestHandoff(ctx, p.AdvertiseURL, m.consul.Hostname)
-	if err != nil {
-		m.logger.Warn("lease.promote: handoff failed; retrying in 5s", slog.Any(replica.LogKeyError, err))
-		return
-	}
-	m.promoted = true
-	m.logger.Info("lease.promote: handoff done", slog.String("from", res.From), slog.Int64("window_ms", res.WindowMS))
+	// In the background: this loop must be free to take the lease.
+	go func() {
+		res, err := requestHandoff(ctx, p.AdvertiseURL, m.consul.Hostname)
+		if err != nil {
+			m.logger.Warn("lease.promote: handoff failed; retrying in 5s", slog.Any(replica.LogKeyError, err))
+			return
+		}
+		m.mu.Lock()
+		m.promoted = true
+		m.mu.Unlock()
+		m.logger.Info("lease.promote: handoff done", slog.String("from", res.From), slog.Int64("window_ms", res.WindowMS))
+	}()
 }
 
 // handoff passes the lease to the named connected candidate ("" for the
