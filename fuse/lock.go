@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"time"
 
 	"bazil.org/fuse"
 	"golang.org/x/sys/unix"
@@ -63,21 +62,33 @@ func lockRange(ctx context.Context, path string, start, n int64) (unlock func() 
 	}
 	closeFD := func() error { return unix.Close(fd) } // releases the description's locks
 	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: start, Len: n}
-	for {
-		err := unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLK, &lk)
-		if err == nil {
-			return closeFD, nil
+	// A blocking wait, not polling: SQLite's connections poll for locks,
+	// so a waiter that polls too loses to a busy writer or reader again
+	// and again, while a blocked waiter gets the lock as soon as it is free.
+	done := make(chan error, 1)
+	go func() {
+		for {
+			err := unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLKW, &lk)
+			if !errors.Is(err, unix.EINTR) {
+				done <- err
+				return
+			}
 		}
-		if !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EACCES) {
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
 			_ = closeFD()
 			return nil, fmt.Errorf("lock %s: %w", filepath.Base(path), err)
 		}
-		select {
-		case <-ctx.Done():
+		return closeFD, nil
+	case <-ctx.Done():
+		// The wait cannot be interrupted: let it finish, then let go.
+		go func() {
+			<-done
 			_ = closeFD()
-			return nil, fmt.Errorf("lock %s: %w", filepath.Base(path), context.Cause(ctx))
-		case <-time.After(time.Millisecond):
-		}
+		}()
+		return nil, fmt.Errorf("lock %s: %w", filepath.Base(path), context.Cause(ctx))
 	}
 }
 

@@ -174,6 +174,13 @@ func BenchmarkHandoff(b *testing.B) {
 			b.StopTimer()
 			w.Stop()
 			checkNoneLost(b, c.WaitPrimary(b, 10*time.Second), "db", w.Acks())
+			for _, n := range c.Nodes { // the phases of each handoff, with -v
+				for _, line := range strings.Split(n.Logs(), "\n") {
+					if strings.Contains(line, "handoff done") {
+						b.Log(line)
+					}
+				}
+			}
 			for _, m := range []struct {
 				name string
 				d    []time.Duration

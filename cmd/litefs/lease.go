@@ -424,6 +424,7 @@ func (m *leaseManager) handoffTo(ctx context.Context, to string, anyone bool) (r
 		}
 		unlocks = append(unlocks, u)
 	}
+	locked := time.Now()
 	want := make(map[string]string)
 	for _, db := range m.cmd.Store.DBs() {
 		want[db.Name()] = db.Pos().String()
@@ -437,6 +438,7 @@ func (m *leaseManager) handoffTo(ctx context.Context, to string, anyone bool) (r
 			name = ""
 		}
 	}
+	caughtUp := time.Now()
 	if name == "" {
 		m.logger.Warn("handoff: no candidate is known to have every transaction of this node; the next primary may lack the newest ones, which stay in this node's data directory",
 			slog.Any("positions", want))
@@ -473,7 +475,8 @@ func (m *leaseManager) handoffTo(ctx context.Context, to string, anyone bool) (r
 	}
 	res.WindowMS = time.Since(start).Milliseconds()
 	m.logger.Info("handoff done", slog.String("to", res.To), slog.Int64("writes_refused_ms", res.WindowMS),
-		slog.Duration("stop_to_release", released.Sub(start)))
+		slog.Duration("writes_stopped", locked.Sub(start)), slog.Duration("target_caught_up", caughtUp.Sub(start)),
+		slog.Duration("released", released.Sub(start)))
 	return res, nil
 }
 
