@@ -51,28 +51,53 @@ func (e *PosMismatchError) Error() string {
 // synced, and what readers cache invalidated. Readers never see half a
 // transaction.
 func (db *DB) Apply(ctx context.Context, path string, gate Gate) error {
-	d, err := ltx.VerifyFile(path)
-	if err != nil {
-		return err
+	return db.ApplyAll(ctx, []string{path}, gate)
+}
+
+// ApplyAll applies LTX files in order, as Apply does, with readers kept
+// out once for all of them and the database file synced once: a replica
+// that fell behind catches up in fewer, larger steps. The files must chain
+// (each applies to the position the one before leaves); a file that does
+// not changes nothing.
+func (db *DB) ApplyAll(ctx context.Context, paths []string, gate Gate) error {
+	hdrs := make([]ltx.Header, len(paths))
+	posts := make([]checksum.Checksum, len(paths))
+	for i, path := range paths {
+		d, err := ltx.VerifyFile(path)
+		if err != nil {
+			return err
+		}
+		hdrs[i], posts[i] = d.Header, d.PostApplyChecksum
 	}
-	hdr := d.Header
 	db.mu.Lock()
 	if db.closed {
 		db.mu.Unlock()
 		return ErrClosed
 	}
-	if !hdr.IsSnapshot() && hdr.PreApplyPos() != db.pos {
-		db.mu.Unlock()
-		return &PosMismatchError{DB: db.name, Pos: db.pos, Want: hdr.PreApplyPos()}
+	pos := db.pos
+	for i, hdr := range hdrs {
+		if !hdr.IsSnapshot() && hdr.PreApplyPos() != pos {
+			db.mu.Unlock()
+			return &PosMismatchError{DB: db.name, Pos: pos, Want: hdr.PreApplyPos()}
+		}
+		pos = ltx.Pos{TXID: hdr.MaxTXID, Checksum: posts[i]}
 	}
-	var unlock func() error
+	var (
+		unlock func() error
+		err    error
+	)
 	if gate != nil {
 		if unlock, err = gate.Lock(ctx, db.name, db.isWAL()); err != nil {
 			db.mu.Unlock()
 			return fmt.Errorf("keep readers out: %w", err)
 		}
 	}
-	err = db.applyLocked(path, hdr, d.PostApplyChecksum)
+	for i := 0; i < len(paths) && err == nil; i++ {
+		err = db.applyLocked(paths[i], hdrs[i], posts[i])
+	}
+	if serr := db.f.Sync(); err == nil {
+		err = serr
+	}
 	db.mu.Unlock()
 	// Invalidation talks to the kernel, which may be waiting on a request
 	// that needs db.mu: it runs after db.mu is released, while the gate
@@ -88,13 +113,13 @@ func (db *DB) Apply(ctx context.Context, path string, gate Gate) error {
 	return err
 }
 
-// applyLocked logs and applies a verified LTX file. db.mu held, readers
-// kept out.
+// applyLocked logs and applies a verified LTX file; the caller syncs the
+// database file. db.mu held, readers kept out.
 func (db *DB) applyLocked(path string, hdr ltx.Header, post checksum.Checksum) error {
 	if err := db.log.Adopt(path, hdr, post); err != nil {
 		return fmt.Errorf("adopt ltx: %w", err)
 	}
-	if err := db.applyFile(db.log.Path(hdr.MinTXID, hdr.MaxTXID)); err != nil {
+	if err := db.applyFile(db.log.Path(hdr.MinTXID, hdr.MaxTXID), false); err != nil {
 		return fmt.Errorf("apply ltx %s: %w", hdr.MaxTXID, err)
 	}
 	if got := db.chk.Sum(); got != post {
@@ -119,7 +144,7 @@ func (db *DB) isWAL() bool {
 // file, page by page, and updates the checksum table. Any WAL content is
 // moved into the database file first, so the WAL never shadows what the
 // file now holds. db.mu held; readers kept out.
-func (db *DB) applyFile(path string) error {
+func (db *DB) applyFile(path string, sync bool) error {
 	if err := db.checkpointWAL(); err != nil {
 		return err
 	}
@@ -157,8 +182,10 @@ func (db *DB) applyFile(path string) error {
 		return err
 	}
 	tbl.Truncate(hdr.Commit)
-	if err := db.f.Sync(); err != nil {
-		return err
+	if sync {
+		if err := db.f.Sync(); err != nil {
+			return err
+		}
 	}
 	db.pageSize, db.chk = hdr.PageSize, tbl
 	return nil
@@ -214,5 +241,5 @@ func (db *DB) redoLast(sum checksum.Checksum) (bool, error) {
 	}
 	db.logger.Info("applying the newest ltx file again: the node stopped before the database had it",
 		slog.String(LogKeyTXID, hdr.MaxTXID.String()))
-	return true, db.applyFile(db.log.Path(hdr.MinTXID, hdr.MaxTXID))
+	return true, db.applyFile(db.log.Path(hdr.MinTXID, hdr.MaxTXID), true)
 }

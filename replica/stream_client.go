@@ -119,8 +119,25 @@ func (c *Client) session(ctx context.Context) (progressed bool, err error) {
 	defer watchdog.Stop()
 
 	r := bufio.NewReaderSize(resp.Body, 64<<10)
-	var file *incoming
-	defer func() { file.discard() }()
+	var (
+		file  *incoming
+		batch []*incoming // received, not yet applied
+	)
+	discardBatch := func() {
+		for _, in := range batch {
+			in.discard()
+		}
+		batch = nil
+	}
+	defer func() { file.discard(); discardBatch() }()
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		err := c.apply(ctx, batch)
+		discardBatch()
+		return err
+	}
 	for {
 		typ, payload, err := readFrame(r)
 		if err != nil {
@@ -131,6 +148,11 @@ func (c *Client) session(ctx context.Context) (progressed bool, err error) {
 		}
 		watchdog.Reset(c.HeartbeatTimeout)
 		progressed = true
+		if typ != frameBegin && typ != frameChunk && typ != frameEnd {
+			if err := flush(); err != nil {
+				return progressed, err
+			}
+		}
 		switch typ {
 		case frameHello:
 			var h streamHello
@@ -171,11 +193,25 @@ func (c *Client) session(ctx context.Context) (progressed bool, err error) {
 			if file == nil {
 				return progressed, fmt.Errorf("%w: end outside a file", ErrBadFrame)
 			}
-			err := c.apply(ctx, file)
-			file.discard()
+			in := file
 			file = nil
-			if err != nil {
+			if err := in.finish(); err != nil {
+				in.discard()
 				return progressed, err
+			}
+			// Files already waiting are applied together; a snapshot, a
+			// file of another database, or a full batch starts a new one.
+			if len(batch) > 0 && (in.begin.Snapshot || in.begin.DB != batch[0].begin.DB || len(batch) >= maxBatch) {
+				if err := flush(); err != nil {
+					in.discard()
+					return progressed, err
+				}
+			}
+			batch = append(batch, in)
+			if r.Buffered() == 0 || in.begin.Snapshot {
+				if err := flush(); err != nil {
+					return progressed, err
+				}
 			}
 		case frameDelete:
 			var d streamDelete
@@ -224,20 +260,27 @@ func (in *incoming) discard() {
 	os.Remove(in.f.Name())
 }
 
-// apply checks a received file and applies it.
-func (c *Client) apply(ctx context.Context, in *incoming) error {
+// maxBatch bounds how many received files are applied in one step.
+const maxBatch = 64
+
+// finish checks that a received file is complete and makes it durable.
+func (in *incoming) finish() error {
 	if in.n != in.begin.Size {
 		return fmt.Errorf("%w: file for %q has %d of %d bytes", ErrBadFrame, in.begin.DB, in.n, in.begin.Size)
 	}
 	if err := in.f.Sync(); err != nil {
 		return err
 	}
-	if err := in.f.Close(); err != nil {
-		return err
-	}
-	name := in.begin.DB
+	return in.f.Close()
+}
+
+// apply applies received files of one database, in order: a snapshot is
+// always alone in its batch.
+func (c *Client) apply(ctx context.Context, batch []*incoming) error {
+	first := batch[0].begin
+	name := first.DB
 	db := c.Store.DB(name)
-	if db != nil && in.begin.Divergent {
+	if db != nil && first.Divergent {
 		if _, err := c.Store.MoveAside(name, "its history differs from the primary's, which replaces it"); err != nil {
 			return err
 		}
@@ -254,7 +297,11 @@ func (c *Client) apply(ctx context.Context, in *incoming) error {
 			}
 		}
 	}
-	if err := db.Apply(ctx, in.f.Name(), c.Gate); err != nil {
+	paths := make([]string, len(batch))
+	for i, in := range batch {
+		paths[i] = in.f.Name()
+	}
+	if err := db.ApplyAll(ctx, paths, c.Gate); err != nil {
 		return fmt.Errorf("apply to %q: %w", name, err)
 	}
 	c.Store.updateLag()
