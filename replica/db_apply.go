@@ -99,16 +99,22 @@ func (db *DB) ApplyAll(ctx context.Context, paths []string, gate Gate) error {
 		err = serr
 	}
 	db.mu.Unlock()
-	// Invalidation talks to the kernel, which may be waiting on a request
-	// that needs db.mu: it runs after db.mu is released, while the gate
-	// still keeps readers out.
-	if gate != nil {
-		if ierr := gate.Invalidate(db.name); err == nil {
-			err = ierr
-		}
-		if uerr := unlock(); err == nil {
-			err = uerr
-		}
+	return db.reopenGate(gate, unlock, err)
+}
+
+// reopenGate makes connections drop what they cached of the database and
+// lets them back in; it returns err, or the first error of its own. It
+// runs after db.mu is released: invalidation talks to the kernel, which
+// may be waiting on a request that needs db.mu.
+func (db *DB) reopenGate(gate Gate, unlock func() error, err error) error {
+	if gate == nil {
+		return err
+	}
+	if ierr := gate.Invalidate(db.name); err == nil {
+		err = ierr
+	}
+	if uerr := unlock(); err == nil {
+		err = uerr
 	}
 	return err
 }

@@ -32,13 +32,5 @@ func (db *DB) resync(ctx context.Context, gate Gate) error {
 		}
 	}
 	db.mu.Unlock()
-	if gate != nil {
-		if ierr := gate.Invalidate(db.name); err == nil {
-			err = ierr
-		}
-		if uerr := unlock(); err == nil {
-			err = uerr
-		}
-	}
-	return err
+	return db.reopenGate(gate, unlock, err)
 }
