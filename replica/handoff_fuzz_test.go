@@ -21,10 +21,9 @@ package replica
 // wal.go) must hold exactly the model's content at the node's position.
 //
 // Set FUZZ_HANDOFF_TRACE=1 to log the steps of every input.
-// Set FUZZ_HANDOFF_STRICT_ASIDE=1 to fail on a known gap: a diverged
-// replica whose position the primary's log no longer covers is replaced
-// in place by a snapshot, its state not kept aside (see replicate;
-// testdata/fuzz/FuzzHandoff/diverged-replica-replaced-in-place shows it).
+// testdata/fuzz/FuzzHandoff/diverged-replica-replaced-in-place is the
+// input that found a diverged replica, beyond what the primary's log
+// covers, replaced without its state kept aside.
 
 import (
 	"bytes"
@@ -1418,7 +1417,7 @@ func (h *fzHarness) replicate(r, limit int) {
 				}
 			}
 			if !found {
-				snapshot, cannotTell = true, true // past retention: the log cannot tell
+				snapshot, divergent, cannotTell = true, true, true // the log cannot tell: kept aside
 			} else if want != from.Checksum {
 				snapshot, divergent = true, true
 			}
@@ -1505,13 +1504,10 @@ func (h *fzHarness) replicate(r, limit int) {
 			h.fatalf("node %d: apply snapshot of %q: %v", r, name, err)
 		}
 		h.tracef("  node %d: %q %s -> %s, snapshot (divergent %v)", r, name, from, rdb.Pos(), divergent)
-		if diverged && !movedAside && cannotTell && os.Getenv("FUZZ_HANDOFF_STRICT_ASIDE") == "" {
-			// Known gap, reported: when the primary's log no longer
-			// holds a file ending at the replica's TXID (retention, or a
-			// log that starts with a snapshot), the stream cannot tell
-			// that the replica diverged and replaces its state in place.
-			h.tracef("  known gap: node %d's diverged %q at %s replaced in place, not kept aside", r, name, from)
-		} else if diverged && !movedAside {
+		if cannotTell && !movedAside {
+			h.fatalf("node %d: %q at %s was replaced by a snapshot the primary could not check it against, without keeping its state aside", r, name, from)
+		}
+		if diverged && !movedAside {
 			h.fatalf("node %d: %q was at %s, not on the primary's history (at %s), and a snapshot replaced it without keeping its state aside",
 				r, name, from, cur)
 		}

@@ -281,7 +281,7 @@ func (c *Client) apply(ctx context.Context, batch []*incoming) error {
 	name := first.DB
 	db := c.Store.DB(name)
 	if db != nil && first.Divergent {
-		if _, err := c.Store.MoveAside(name, "its history differs from the primary's, which replaces it"); err != nil {
+		if _, err := c.Store.MoveAside(name, "its history differs from the primary's, or the primary can no longer tell (its log does not reach back this far); the primary's snapshot replaces it"); err != nil {
 			return err
 		}
 		db = nil

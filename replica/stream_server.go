@@ -249,7 +249,7 @@ func (s *Server) sendDB(ctx context.Context, st *streamWriter, db *DB, from ltx.
 		return from, nil
 	}
 	files := db.Log().Files()
-	divergent, ok := false, true
+	divergent, ok, unknown := false, true, false
 	switch {
 	case from.TXID == 0:
 		ok = false
@@ -267,7 +267,10 @@ func (s *Server) sendDB(ctx context.Context, st *streamWriter, db *DB, from ltx.
 			}
 		}
 		if !found {
-			ok = false // past retention: the log cannot tell
+			// Past retention, or a log that starts with a snapshot: the
+			// log cannot tell whether the replica's transactions are the
+			// primary's, so its state is kept aside, as if it diverged.
+			divergent, ok, unknown = true, false, true
 		} else if want != from.Checksum {
 			divergent, ok = true, false
 		}
@@ -280,7 +283,10 @@ func (s *Server) sendDB(ctx context.Context, st *streamWriter, db *DB, from ltx.
 			return from, err
 		}
 	}
-	if divergent {
+	if unknown {
+		logger.Warn("the log no longer reaches back to the replica's position, so it cannot tell whether the replica's history is the primary's; sending a snapshot, and the replica keeps its state aside",
+			slog.String(LogKeyDB, db.Name()), slog.String("replica_pos", from.String()), slog.String("pos", cur.String()))
+	} else if divergent {
 		logger.Warn("replica's history differs from the primary's; sending a snapshot",
 			slog.String(LogKeyDB, db.Name()), slog.String("replica_pos", from.String()), slog.String("pos", cur.String()))
 	}
