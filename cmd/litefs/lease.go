@@ -460,10 +460,11 @@ func (m *leaseManager) handoffTo(ctx context.Context, to string, anyone bool) (r
 	m.mu.Unlock()
 	released := time.Now()
 
-	// Report who took over, and when.
+	// Report who took over, and when; a lease released to no one in
+	// particular is left to the election.
 	wctx, wcancel := context.WithTimeout(ctx, timeout)
 	defer wcancel()
-	for index := uint64(0); wctx.Err() == nil; {
+	for index := uint64(0); name != "" && wctx.Err() == nil; {
 		st, err := m.consul.Watch(wctx, index, m.interval)
 		if err == nil && st.Session != "" {
 			res.To = st.Primary.Hostname
