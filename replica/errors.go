@@ -44,6 +44,10 @@ var (
 	// ErrNotPrimary is returned for what only the primary can do.
 	ErrNotPrimary = errors.New("this node is not the primary")
 
+	// ErrNoCandidate is returned by a handoff with no candidate to take
+	// the lease.
+	ErrNoCandidate = errors.New("no candidate to hand off to")
+
 	// ErrClosed is returned by operations on a closed database.
 	ErrClosed = errors.New("database closed")
 

@@ -97,7 +97,7 @@ func (s *Server) handleHandoff(w http.ResponseWriter, r *http.Request) {
 	res, err := s.Handoff(r.Context(), r.URL.Query().Get("to"))
 	if err != nil {
 		code := http.StatusInternalServerError
-		if errors.Is(err, ErrNotPrimary) {
+		if errors.Is(err, ErrNotPrimary) || errors.Is(err, ErrNoCandidate) {
 			code = http.StatusConflict
 		}
 		http.Error(w, err.Error(), code)

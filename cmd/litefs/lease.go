@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -402,7 +404,7 @@ func (m *leaseManager) handoffTo(ctx context.Context, to string, anyone bool) (r
 		cancel()
 	}
 	if target == nil && !anyone {
-		return res, errors.New("no candidate is connected to this primary; nothing to hand off to")
+		return res, fmt.Errorf("%w: none is connected to this primary", replica.ErrNoCandidate)
 	}
 	start := time.Now()
 	stopCtx, cancel := context.WithTimeout(ctx, timeout)
@@ -508,9 +510,9 @@ func (m *leaseManager) pickTarget(ctx context.Context, to string) (*replica.Repl
 	}
 	if to != "" {
 		if to == m.consul.Hostname {
-			return nil, fmt.Errorf("%q is this node, the primary already", to)
+			return nil, fmt.Errorf("%w: %q is this node, the primary already", replica.ErrNoCandidate, to)
 		}
-		return nil, fmt.Errorf("%q is not a candidate connected to this primary (connected candidates: %s)", to, strings.Join(names, ", "))
+		return nil, fmt.Errorf("%w: %q is not a candidate connected to this primary (connected candidates: %s)", replica.ErrNoCandidate, to, strings.Join(names, ", "))
 	}
 	return best, nil
 }
@@ -524,19 +526,27 @@ type nodeInfo struct {
 
 func getInfo(ctx context.Context, url string) (nodeInfo, error) {
 	var info nodeInfo
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(url, "/")+"/info", nil)
+	err := callAPI(ctx, http.MethodGet, strings.TrimRight(url, "/")+"/info", &info)
+	return info, err
+}
+
+// callAPI sends a request to a node's API and decodes its JSON answer into
+// out; any status but 200 is an error with the answer's text.
+func callAPI(ctx context.Context, method, url string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, url, nil)
 	if err != nil {
-		return info, err
+		return err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return info, err
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return info, fmt.Errorf("GET %s/info: %s", url, resp.Status)
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("%s %s: %s: %s", method, url, resp.Status, strings.TrimSpace(string(msg)))
 	}
-	return info, json.NewDecoder(resp.Body).Decode(&info)
+	return json.NewDecoder(resp.Body).Decode(out)
 }
 
 func nodeTXIDs(ctx context.Context, url string) (map[string]uint64, error) {
@@ -581,30 +591,14 @@ func waitCaughtUp(ctx context.Context, url string, want map[string]string) error
 }
 
 // requestHandoff asks the primary at url to hand the lease to node to.
-func requestHandoff(ctx context.Context, url, to string) (replica.HandoffResult, error) {
+func requestHandoff(ctx context.Context, api, to string) (replica.HandoffResult, error) {
 	var res replica.HandoffResult
-	u := strings.TrimRight(url, "/") + "/handoff"
+	u := strings.TrimRight(api, "/") + "/handoff"
 	if to != "" {
-		u += "?to=" + to
+		u += "?to=" + url.QueryEscape(to)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
-	if err != nil {
-		return res, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return res, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		var b strings.Builder
-		_, _ = fmt.Fprintf(&b, "%s: ", resp.Status)
-		buf := make([]byte, 4096)
-		n, _ := resp.Body.Read(buf)
-		b.Write(buf[:n])
-		return res, errors.New(strings.TrimSpace(b.String()))
-	}
-	return res, json.NewDecoder(resp.Body).Decode(&res)
+	err := callAPI(ctx, http.MethodPost, u, &res)
+	return res, err
 }
 
 // shutdown hands the lease off (or releases it) when the node stops.
