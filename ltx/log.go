@@ -199,7 +199,7 @@ func (l *Log) Adopt(src string, hdr Header, post checksum.Checksum) error {
 	if err := os.Rename(src, path); err != nil {
 		return err
 	}
-	if err := syncDir(l.dir); err != nil {
+	if err := SyncDir(l.dir); err != nil {
 		return err
 	}
 	info := FileInfo{MinTXID: hdr.MinTXID, MaxTXID: hdr.MaxTXID, ModTime: time.Now()}
@@ -219,7 +219,8 @@ func (l *Log) Adopt(src string, hdr Header, post checksum.Checksum) error {
 	return nil
 }
 
-func syncDir(dir string) error {
+// SyncDir makes a directory's entries durable.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err

@@ -294,6 +294,17 @@ func (s *Store) Open() error {
 			continue
 		}
 		db, err := s.openDB(ent.Name(), filepath.Join(s.DBDir(), ent.Name()))
+		if err != nil && !s.IsPrimary() && errors.Is(err, ErrChecksumMismatch) {
+			// A replica heals from its own log when the log reaches back
+			// to a snapshot.
+			dir := filepath.Join(s.DBDir(), ent.Name())
+			if dst, ok, rerr := rebuildFromLog(ent.Name(), dir, s.AsideDir(), s.Logger); rerr != nil {
+				err = fmt.Errorf("%w (rebuilding it from its log failed: %v)", err, rerr)
+			} else if ok {
+				s.Logger.Info("the damaged copy is kept", slog.String(LogKeyDB, ent.Name()), slog.String(LogKeyPath, dst))
+				db, err = s.openDB(ent.Name(), dir)
+			}
+		}
 		if err != nil && !s.IsPrimary() && (errors.Is(err, ErrChecksumMismatch) || errors.Is(err, ErrCorruptLTX)) {
 			// A replica heals by itself: the primary sends a snapshot.
 			if dst, aerr := s.moveDirAside(ent.Name()); aerr == nil {

@@ -1,12 +1,14 @@
 package tests
 
 import (
+	"bytes"
 	"database/sql"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -504,8 +506,10 @@ func TestConsul_RollingRestart(t *testing.T) {
 }
 
 // TestConsul_StartMismatch damages a stopped node's database file: on the
-// Consul lease the node starts anyway, keeps the damaged copy aside, says
-// where, and takes a snapshot from the primary.
+// Consul lease the node starts anyway, rebuilds the database from its own
+// log, and keeps the damaged copy aside, saying where. (Without a log that
+// reaches back far enough it moves the database aside and takes a
+// snapshot: TestReplication_Divergence's path.)
 func TestConsul_StartMismatch(t *testing.T) {
 	c := startConsulCluster(t, 3)
 	p := c.WaitPrimary(t, time.Second)
@@ -535,12 +539,18 @@ func TestConsul_StartMismatch(t *testing.T) {
 	f.Close()
 	n.Start()
 	c.WaitConverged(t, "db")
-	if !strings.Contains(n.Logs(), "moved aside") {
-		t.Fatalf("%s did not say it moved the damaged database aside:\n%s", n.Name, n.Logs())
+	// Its log reaches back to the first transaction: it rebuilt the
+	// database from it, before any snapshot.
+	if !strings.Contains(n.Logs(), "rebuilt it from its own ltx files") {
+		t.Fatalf("%s did not say it rebuilt the damaged database from its log:\n%s", n.Name, n.Logs())
 	}
 	aside, _ := os.ReadDir(n.DataDir + "/aside")
 	if len(aside) != 1 {
 		t.Fatalf("aside holds %d entries, want the damaged copy", len(aside))
+	}
+	damaged, err := os.ReadFile(filepath.Join(n.DataDir, "aside", aside[0].Name(), "database"))
+	if err != nil || !bytes.Contains(damaged, []byte("damage")) {
+		t.Fatalf("the damaged file was not kept: %v", err)
 	}
 }
 
