@@ -85,7 +85,7 @@ func (c *Consul) Acquire(ctx context.Context) (Lease, error) {
 		Name: "litefs-" + c.Hostname,
 		// Consul takes no TTL under 10s; litefs enforces the configured
 		// TTL itself (candidates end a session not renewed within it).
-		TTL:       max(c.TTL, 10*time.Second).String(),
+		TTL: max(c.TTL, 10*time.Second).String(),
 		// Consul reads a zero lock delay as its default, 15s.
 		LockDelay: max(c.LockDelay, time.Millisecond),
 		Behavior:  api.SessionBehaviorRelease,

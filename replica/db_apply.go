@@ -154,37 +154,15 @@ func (db *DB) applyFile(path string, sync bool) error {
 	if err := db.checkpointWAL(); err != nil {
 		return err
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	dec, err := ltx.NewDecoder(f)
-	if err != nil {
-		return err
-	}
-	hdr := dec.Header()
-	tbl := db.chk
-	if hdr.IsSnapshot() || db.pageSize != hdr.PageSize {
-		tbl = checksum.NewTable(hdr.PageSize)
-	}
-	buf := make([]byte, hdr.PageSize)
-	for {
-		pgno, err := dec.Next(buf)
-		if errors.Is(err, io.EOF) {
-			break
-		} else if err != nil {
-			return err
+	var tbl *checksum.Table
+	hdr, err := writeLTX(path, db.f, func(hdr ltx.Header) error {
+		tbl = db.chk
+		if hdr.IsSnapshot() || db.pageSize != hdr.PageSize {
+			tbl = checksum.NewTable(hdr.PageSize)
 		}
-		if _, err := db.f.WriteAt(buf, int64(pgno-1)*int64(hdr.PageSize)); err != nil {
-			return err
-		}
-		tbl.Set(pgno, buf)
-	}
-	if _, err := dec.Close(); err != nil {
-		return err
-	}
-	if err := db.f.Truncate(int64(hdr.Commit) * int64(hdr.PageSize)); err != nil {
+		return nil
+	}, func(pgno uint32, data []byte) { tbl.Set(pgno, data) })
+	if err != nil {
 		return err
 	}
 	tbl.Truncate(hdr.Commit)
@@ -195,6 +173,42 @@ func (db *DB) applyFile(path string, sync bool) error {
 	}
 	db.pageSize, db.chk = hdr.PageSize, tbl
 	return nil
+}
+
+// writeLTX writes the pages of the LTX file at path into out and truncates
+// out to the file's commit size. begin sees the header before any page is
+// written; page sees each page after it is.
+func writeLTX(path string, out *os.File, begin func(ltx.Header) error, page func(pgno uint32, data []byte)) (ltx.Header, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return ltx.Header{}, err
+	}
+	defer f.Close()
+	dec, err := ltx.NewDecoder(f)
+	if err != nil {
+		return ltx.Header{}, err
+	}
+	hdr := dec.Header()
+	if err := begin(hdr); err != nil {
+		return hdr, err
+	}
+	buf := make([]byte, hdr.PageSize)
+	for {
+		pgno, err := dec.Next(buf)
+		if errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			return hdr, err
+		}
+		if _, err := out.WriteAt(buf, int64(pgno-1)*int64(hdr.PageSize)); err != nil {
+			return hdr, err
+		}
+		page(pgno, buf)
+	}
+	if _, err := dec.Close(); err != nil {
+		return hdr, err
+	}
+	return hdr, out.Truncate(int64(hdr.Commit) * int64(hdr.PageSize))
 }
 
 // checkpointWAL copies the WAL's committed frames into the database file

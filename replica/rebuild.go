@@ -89,34 +89,12 @@ func replayLog(log *ltx.Log, files []ltx.FileInfo, path string) (checksum.Checks
 }
 
 func replayFile(path string, out *os.File, pageSize *uint32) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	dec, err := ltx.NewDecoder(f)
-	if err != nil {
-		return err
-	}
-	hdr := dec.Header()
-	if *pageSize != 0 && hdr.PageSize != *pageSize {
-		return fmt.Errorf("%s: page size %d, earlier files %d", path, hdr.PageSize, *pageSize)
-	}
-	*pageSize = hdr.PageSize
-	buf := make([]byte, hdr.PageSize)
-	for {
-		pgno, err := dec.Next(buf)
-		if errors.Is(err, io.EOF) {
-			break
-		} else if err != nil {
-			return err
+	_, err := writeLTX(path, out, func(hdr ltx.Header) error {
+		if *pageSize != 0 && hdr.PageSize != *pageSize {
+			return fmt.Errorf("%s: page size %d, earlier files %d", path, hdr.PageSize, *pageSize)
 		}
-		if _, err := out.WriteAt(buf, int64(pgno-1)*int64(hdr.PageSize)); err != nil {
-			return err
-		}
-	}
-	if _, err := dec.Close(); err != nil {
-		return err
-	}
-	return out.Truncate(int64(hdr.Commit) * int64(hdr.PageSize))
+		*pageSize = hdr.PageSize
+		return nil
+	}, func(uint32, []byte) {})
+	return err
 }
