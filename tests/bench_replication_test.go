@@ -160,10 +160,7 @@ func BenchmarkHandoff(b *testing.B) {
 				}
 				reported = append(reported, time.Duration(res)*time.Millisecond)
 				np := c.WaitPrimary(b, 10*time.Second)
-				waitUntil(b, 10*time.Second, "writes on the new primary", func() bool {
-					acks := w.Acks()
-					return acks[len(acks)-1].node == np.Name
-				})
+				w.waitWritesOn(b, np)
 				acks := w.Acks()
 				gap, _, ok := switchGap(acks[before:], p.Name)
 				if !ok {

@@ -231,6 +231,22 @@ func (w *clusterWriter) run() {
 	}
 }
 
+// waitWrites waits until n more writes than now are acknowledged.
+func (w *clusterWriter) waitWrites(t testing.TB, n int) {
+	t.Helper()
+	before := len(w.Acks())
+	waitUntil(t, 20*time.Second, fmt.Sprintf("%d more writes", n), func() bool { return len(w.Acks()) >= before+n })
+}
+
+// waitWritesOn waits until the newest acknowledged write was on node n.
+func (w *clusterWriter) waitWritesOn(t testing.TB, n *Node) {
+	t.Helper()
+	waitUntil(t, 10*time.Second, "writes on "+n.Name, func() bool {
+		acks := w.Acks()
+		return len(acks) > 0 && acks[len(acks)-1].node == n.Name
+	})
+}
+
 // Stop stops the writer. Safe to call twice.
 func (w *clusterWriter) Stop() {
 	select {
@@ -324,7 +340,7 @@ func TestConsul_HandoffTo(t *testing.T) {
 					target = n
 				}
 			}
-			time.Sleep(300 * time.Millisecond)
+			w.waitWrites(t, 50)
 			out, err := exec.Command(litefsBin, "handoff", "-url", p.URL(), "-to", target.Name).CombinedOutput()
 			if err != nil {
 				t.Fatalf("litefs handoff: %v\n%s", err, out)
@@ -333,11 +349,8 @@ func TestConsul_HandoffTo(t *testing.T) {
 			if got := c.WaitPrimary(t, 10*time.Second); got != target {
 				t.Fatalf("primary is %s after handoff to %s", got.Name, target.Name)
 			}
-			waitUntil(t, 10*time.Second, "writes on the new primary", func() bool {
-				acks := w.Acks()
-				return len(acks) > 0 && acks[len(acks)-1].node == target.Name
-			})
-			time.Sleep(200 * time.Millisecond)
+			w.waitWritesOn(t, target)
+			w.waitWrites(t, 20)
 			w.Stop()
 			acks := w.Acks()
 			gap, to, ok := switchGap(acks, p.Name)
@@ -364,16 +377,13 @@ func TestConsul_SIGTERMHandoff(t *testing.T) {
 	c := startConsulCluster(t, 3)
 	w := startWriter(t, c, "db", "wal")
 	p := c.WaitPrimary(t, time.Second)
-	time.Sleep(300 * time.Millisecond)
+	w.waitWrites(t, 50)
 	p.Stop()
 	if err := p.ExitErr(); err != nil {
 		t.Fatalf("primary exited with %v", err)
 	}
 	np := c.WaitPrimary(t, 10*time.Second)
-	waitUntil(t, 10*time.Second, "writes on the new primary", func() bool {
-		acks := w.Acks()
-		return len(acks) > 0 && acks[len(acks)-1].node == np.Name
-	})
+	w.waitWritesOn(t, np)
 	w.Stop()
 	acks := w.Acks()
 	gap, _, ok := switchGap(acks, p.Name)
@@ -405,7 +415,7 @@ func TestConsul_CrashFailover(t *testing.T) {
 	c := startConsulCluster(t, 3)
 	w := startWriter(t, c, "db", "delete")
 	p := c.WaitPrimary(t, time.Second)
-	time.Sleep(500 * time.Millisecond)
+	w.waitWrites(t, 50)
 	killed := time.Now()
 	p.Kill()
 	var np *Node
@@ -417,10 +427,7 @@ func TestConsul_CrashFailover(t *testing.T) {
 		return np != nil
 	})
 	elected := time.Since(killed)
-	waitUntil(t, 10*time.Second, "writes on the new primary", func() bool {
-		acks := w.Acks()
-		return len(acks) > 0 && acks[len(acks)-1].node == np.Name
-	})
+	w.waitWritesOn(t, np)
 	w.Stop()
 	acks := w.Acks()
 	gap, _, _ := switchGap(acks, p.Name)
@@ -444,7 +451,7 @@ func TestConsul_ConsulDown(t *testing.T) {
 	c := startConsulCluster(t, 3)
 	w := startWriter(t, c, "db", "wal")
 	p := c.WaitPrimary(t, time.Second)
-	time.Sleep(300 * time.Millisecond)
+	w.waitWrites(t, 50)
 	down := time.Now()
 	c.Consul.Stop()
 	waitUntil(t, 3*testTTL, "the primary to step down", func() bool { return len(c.primaries()) == 0 })
@@ -464,7 +471,7 @@ func TestConsul_ConsulDown(t *testing.T) {
 			t.Errorf("read on %s while Consul is down: %v %s", n.Name, err, out)
 		}
 	}
-	time.Sleep(testTTL)
+	time.Sleep(testTTL) // Consul stays down longer than the TTL: the scenario, not a wait
 	c.Consul.Restart()
 	np := c.WaitPrimary(t, 20*time.Second)
 	waitUntil(t, 10*time.Second, "writes after Consul returned", func() bool {
