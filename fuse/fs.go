@@ -47,6 +47,11 @@ type FS struct {
 	NoOpen bool
 	// Logger receives the filesystem's logs.
 	Logger *slog.Logger
+	// Failpoint, if set, is called after each step of a commit that crash
+	// tests stop at, with the step and the process that made the request:
+	// FailpointSuperJournalCreated, FailpointSuperJournalRemoved,
+	// FailpointJournalFinalized.
+	Failpoint func(step string, pid uint32)
 
 	conn    *fuse.Conn
 	started time.Time
@@ -96,6 +101,19 @@ func NewFS(path string, store *replica.Store) *FS {
 	}
 }
 
+// Steps of a commit that Failpoint is called after.
+const (
+	FailpointSuperJournalCreated = "super-journal-created"
+	FailpointSuperJournalRemoved = "super-journal-removed" // the commit point of a transaction over several databases
+	FailpointJournalFinalized    = "journal-finalized"     // deleted (DELETE mode): this database's commit
+)
+
+func (fs *FS) failpoint(step string, pid uint32) {
+	if fs.Failpoint != nil {
+		fs.Failpoint(step, pid)
+	}
+}
+
 // kind is what a name in the mount refers to.
 type kind int
 
@@ -104,6 +122,7 @@ const (
 	kindJournal
 	kindWAL
 	kindSHM
+	kindSuperJournal // <db>-mj<hex>: a transaction over several databases
 	kindPos
 	kindPrimary // .primary: the primary's hostname, on a connected replica
 	kindLag     // .lag: a replica's lag in milliseconds
@@ -133,7 +152,15 @@ func parseName(name string) (string, kind) {
 			return base, s.kind
 		}
 	}
+	if base, _, ok := replica.SplitSuperJournal(name); ok {
+		return base, kindSuperJournal
+	}
 	return name, kindDB
+}
+
+// isCompanion reports whether k is a file SQLite keeps beside a database.
+func isCompanion(k kind) bool {
+	return k == kindJournal || k == kindWAL || k == kindSHM || k == kindSuperJournal
 }
 
 // node is one incarnation of a name: a recreated journal gets a new node so
@@ -190,6 +217,9 @@ func (n *node) realPath() string {
 		return n.db.WALPath()
 	case kindSHM:
 		return n.db.SHMPath()
+	case kindSuperJournal:
+		_, suffix, _ := replica.SplitSuperJournal(n.name)
+		return n.db.SuperJournalPath(suffix)
 	default:
 		return n.db.Path()
 	}

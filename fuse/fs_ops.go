@@ -149,7 +149,7 @@ func (fs *FS) resolve(name string) *node {
 	if k == kindPos {
 		n.pos = posContent(db)
 	}
-	if k == kindJournal || k == kindWAL || k == kindSHM {
+	if isCompanion(k) {
 		if _, err := os.Lstat(n.realPath()); err != nil {
 			return nil
 		}
@@ -412,7 +412,7 @@ func (fs *FS) checkWritable(n *node) error {
 	switch {
 	case isSpecial(n.kind):
 		return syscall.EPERM
-	case (n.kind == kindDB || n.kind == kindJournal || n.kind == kindWAL) && !fs.Store.IsPrimary():
+	case (n.kind == kindDB || n.kind == kindJournal || n.kind == kindWAL || n.kind == kindSuperJournal) && !fs.Store.IsPrimary():
 		return replica.ErrReadOnly
 	}
 	return nil
@@ -424,7 +424,10 @@ func (fs *FS) openDir(r *fuse.OpenRequest) {
 	buf = fuse.AppendDirent(buf, fuse.Dirent{Inode: uint64(fuse.RootID), Name: "..", Type: fuse.DT_Dir})
 	fs.mu.Lock()
 	for _, db := range fs.Store.DBs() {
-		for _, name := range []string{db.Name(), db.Name() + "-journal", db.Name() + "-wal", db.Name() + "-shm", db.Name() + "-pos"} {
+		// -pos files stay out of listings, so tools that copy or delete a
+		// database with its companions (app.db*) do not trip over them;
+		// they are found by name.
+		for _, name := range []string{db.Name(), db.Name() + "-journal", db.Name() + "-wal", db.Name() + "-shm"} {
 			if n := fs.resolve(name); n != nil {
 				buf = fuse.AppendDirent(buf, fuse.Dirent{Inode: uint64(n.id), Name: name, Type: fuse.DT_File})
 			}
@@ -459,7 +462,7 @@ func (fs *FS) create(r *fuse.CreateRequest) {
 		r.RespondError(fuse.Errno(syscall.EPERM))
 		return
 	}
-	if (k == kindDB || k == kindJournal) && !fs.Store.IsPrimary() {
+	if (k == kindDB || k == kindJournal || k == kindSuperJournal) && !fs.Store.IsPrimary() {
 		r.RespondError(fs.errno("create "+r.Name, nil, replica.ErrReadOnly))
 		return
 	}
@@ -495,6 +498,9 @@ func (fs *FS) create(r *fuse.CreateRequest) {
 		LookupResponse: fuse.LookupResponse{Node: n.id, EntryValid: fs.CacheTTL, Attr: a},
 		OpenResponse:   fuse.OpenResponse{Flags: fuse.OpenKeepCache},
 	})
+	if k == kindSuperJournal {
+		fs.failpoint(FailpointSuperJournalCreated, r.Pid)
+	}
 }
 
 // createNode creates a database, or a companion file of an existing one.
@@ -605,7 +611,9 @@ func (fs *FS) write(r *fuse.WriteRequest) {
 	}
 	switch n.kind {
 	case kindDB:
-		nw, err = n.db.WriteAt(r.Data, r.Offset)
+		if nw, err = n.db.WriteAt(r.Data, r.Offset); errors.Is(err, replica.ErrNotPageWrite) {
+			fs.discardIfEmpty(n)
+		}
 	case kindJournal:
 		if isJournalHeaderZeroed(r.Data, r.Offset) {
 			// PERSIST mode ends a transaction by zeroing the header; the
@@ -633,6 +641,36 @@ func (fs *FS) write(r *fuse.WriteRequest) {
 		return
 	}
 	r.Respond(&fuse.WriteResponse{Size: nw})
+}
+
+// discardIfEmpty removes the database of n if a refused first write left
+// it empty, so that a file copied into the mount leaves nothing behind.
+func (fs *FS) discardIfEmpty(n *node) {
+	removed, err := fs.Store.DiscardEmpty(n.db.Name())
+	if err != nil {
+		fs.Logger.Warn("remove refused database", slog.String(replica.LogKeyDB, n.db.Name()), slog.Any(replica.LogKeyError, err))
+	}
+	if !removed {
+		return
+	}
+	fs.mu.Lock()
+	fs.unlink(n.name)
+	fs.mu.Unlock()
+	go fs.invalidateEntries(append(fs.unlinkCompanions(n.name), n.name))
+}
+
+// unlinkCompanions marks the companion files of a deleted database gone
+// and returns their names, for the kernel to forget.
+func (fs *FS) unlinkCompanions(db string) []string {
+	fs.mu.Lock()
+	var names []string
+	for _, s := range suffixes {
+		names = append(names, db+s.suffix)
+		fs.unlink(db + s.suffix)
+	}
+	fs.mu.Unlock()
+	fs.markDirDirty(fs.Store.DBDir())
+	return names
 }
 
 // isJournalHeaderZeroed reports whether a write at off leaves the journal
@@ -733,21 +771,20 @@ func (fs *FS) remove(r *fuse.RemoveRequest) {
 	case kindDB:
 		err = fs.Store.DeleteDB(n.db.Name())
 		if err == nil {
-			fs.mu.Lock()
-			var names []string
-			for _, s := range suffixes {
-				names = append(names, n.name+s.suffix)
-				fs.unlink(n.name + s.suffix)
-			}
-			fs.mu.Unlock()
-			fs.markDirDirty(fs.Store.DBDir())
+			names := fs.unlinkCompanions(n.name)
 			// The kernel may still cache the companion files' names. It
 			// cannot take the invalidation while this unlink holds the
 			// directory, so send it after responding.
 			defer func() { go fs.invalidateEntries(names) }()
 		}
 	case kindJournal: // DELETE mode ends a transaction this way
-		err = n.db.CommitJournal(func() error { return os.Remove(n.realPath()) })
+		if err = n.db.CommitJournal(func() error { return os.Remove(n.realPath()) }); err == nil {
+			defer fs.failpoint(FailpointJournalFinalized, r.Pid)
+		}
+	case kindSuperJournal:
+		if err = os.Remove(n.realPath()); err == nil {
+			defer fs.failpoint(FailpointSuperJournalRemoved, r.Pid)
+		}
 	case kindWAL:
 		if err = os.Remove(n.realPath()); err == nil {
 			n.db.WALRemoved()

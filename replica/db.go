@@ -112,6 +112,14 @@ func openDB(name, dir string, logger *slog.Logger) (_ *DB, err error) {
 func (db *DB) recover(live bool) error {
 	db.pos = db.log.Pos()
 	pageSize, err := readPageSize(db.f)
+	if err != nil && db.pos.TXID == 0 {
+		// A first transaction that outgrew SQLite's page cache may have
+		// spilled pages into a new database before page 1: its journal
+		// has the page size, and rolls it back below.
+		if j, jerr := readHotJournal(db.path(JournalFile), 0); jerr == nil && j != nil {
+			pageSize, err = j.pageSize, nil
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("database %q: read header of %s: %w", db.name, db.path(DatabaseFile), err)
 	}
@@ -141,9 +149,31 @@ func (db *DB) recover(live bool) error {
 		if err != nil {
 			return fmt.Errorf("database %q: read journal: %w", db.name, err)
 		}
-		if j != nil {
-			db.logger.Info("rolling back the hot journal of an interrupted transaction",
-				slog.Int("pages", len(j.pages)), slog.Uint64("db_size", uint64(j.dbSize)))
+		hot := j != nil
+		if hot && j.super != "" {
+			if hot, err = db.superJournalExists(j.super); err != nil {
+				return fmt.Errorf("database %q: %w", db.name, err)
+			}
+		}
+		switch {
+		case j != nil && !hot && !live:
+			// SQLite deleted the super-journal of a transaction over
+			// several databases, its commit point, but litefs stopped
+			// before SQLite finalized this database's journal: the
+			// transaction is committed, as plain SQLite would have it.
+			if tbl, err = db.commitJournaled(j, tbl, pageSize); err != nil {
+				return fmt.Errorf("database %q: log the transaction of a finished super-journal: %w", db.name, err)
+			}
+		case j != nil:
+			if hot {
+				db.logger.Info("rolling back the hot journal of an interrupted transaction",
+					slog.Int("pages", len(j.pages)), slog.Uint64("db_size", uint64(j.dbSize)))
+			} else {
+				// A node stepping down cannot log it; its COMMIT never
+				// returned, so rolling back loses nothing acknowledged.
+				db.logger.Warn("rolling back this database's part of a transaction over several databases that SQLite had committed: the node is stepping down and cannot log it; the other databases of the transaction may keep theirs",
+					slog.String("super_journal", j.super))
+			}
 			if err := j.rollback(db.f); err != nil {
 				return fmt.Errorf("database %q: roll back hot journal: %w", db.name, err)
 			}
@@ -255,18 +285,37 @@ func (db *DB) Size() (int64, error) {
 
 // WriteAt writes one page to the database file and records it as changed
 // by the current transaction. It returns ErrNotPageWrite for anything but
-// one whole, page-aligned page of the database's page size (the first
-// write to an empty database must be page 1 and sets the page size).
+// one whole, page-aligned page of the database's page size. The first
+// write to an empty database sets the page size: page 1 declares it in its
+// header; a first transaction larger than SQLite's page cache spills
+// pages before page 1, in any order, and their length is the page size,
+// which page 1's header must then declare.
 func (db *DB) WriteAt(p []byte, off int64) (int, error) {
 	db.mu.Lock()
 	defer db.mu.Unlock()
 	if db.closed {
 		return 0, ErrClosed
 	}
+	if isZero(p) {
+		// SQLite grows a file in chunks (SQLITE_FCNTL_CHUNK_SIZE) by writing
+		// zero bytes past its end; that changes no page, only the size.
+		if size, err := db.Size(); err != nil {
+			return 0, err
+		} else if off >= size {
+			n, err := db.f.WriteAt(p, off)
+			if n > 0 {
+				db.resized = true
+			}
+			return n, err
+		}
+	}
 	if db.pageSize == 0 {
-		sz := headerPageSize(p)
-		if off != 0 || sz == 0 || int(sz) != len(p) {
-			return 0, fmt.Errorf("%w: %d bytes at offset %d of an empty database (the first write must be page 1 with a SQLite header)",
+		sz := uint32(len(p))
+		if off == 0 {
+			sz = headerPageSize(p)
+		}
+		if !validPageSize(sz) || int(sz) != len(p) || off%int64(sz) != 0 {
+			return 0, fmt.Errorf("%w: %d bytes at offset %d of an empty database (SQLite writes whole pages of 512 to 65536 bytes, page 1 with a SQLite header)",
 				ErrNotPageWrite, len(p), off)
 		}
 		db.pageSize = sz
@@ -295,7 +344,9 @@ func (db *DB) Truncate(size int64) error {
 	if db.closed {
 		return ErrClosed
 	}
-	if (db.pageSize == 0 && size != 0) || (db.pageSize != 0 && size%int64(db.pageSize) != 0) {
+	// An empty database may be extended before its first page is written
+	// (a chunk size); the first commit checks the size against the pages.
+	if (db.pageSize == 0 && size != 0 && db.pos.TXID != 0) || (db.pageSize != 0 && size%int64(db.pageSize) != 0) {
 		return fmt.Errorf("%w: truncate to %d bytes, page size is %d", ErrNotPageWrite, size, db.pageSize)
 	}
 	if size == 0 && db.pos.TXID > 0 {
@@ -316,6 +367,22 @@ func (db *DB) Sync(datasync bool) error {
 	return db.f.Sync()
 }
 
+// closeIfEmpty closes the database if it has no transaction and no bytes,
+// and reports whether it did.
+func (db *DB) closeIfEmpty() bool {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if db.closed || db.pos.TXID != 0 || db.pageSize != 0 {
+		return false
+	}
+	if size, err := db.Size(); err != nil || size != 0 {
+		return false
+	}
+	db.closed = true
+	_ = db.f.Close()
+	return true
+}
+
 // close closes the database file. Safe to call twice.
 func (db *DB) close() error {
 	db.mu.Lock()
@@ -328,4 +395,13 @@ func (db *DB) close() error {
 		return err
 	}
 	return nil
+}
+
+func isZero(p []byte) bool {
+	for _, b := range p {
+		if b != 0 {
+			return false
+		}
+	}
+	return true
 }

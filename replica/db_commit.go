@@ -58,6 +58,16 @@ func (db *DB) commit() error {
 	if size%int64(db.pageSize) != 0 {
 		return fmt.Errorf("database %q: size %d is not a whole number of %d-byte pages", db.name, size, db.pageSize)
 	}
+	if db.pos.TXID == 0 {
+		if err := db.checkFirstCommit(size); err != nil {
+			return err
+		}
+		if size == 0 { // a first transaction rolled back: no page size yet
+			db.pageSize, db.chk = 0, checksum.NewTable(0)
+			db.resetDirty()
+			return nil
+		}
+	}
 	pgnos := make([]uint32, 0, len(db.dirty))
 	for pgno := range db.dirty {
 		pgnos = append(pgnos, pgno)
@@ -66,6 +76,24 @@ func (db *DB) commit() error {
 		return err
 	}
 	db.resetDirty()
+	return nil
+}
+
+// checkFirstCommit checks that the first transaction of a database of
+// size bytes leaves a SQLite header on page 1 declaring the page size its
+// first write set. db.mu held.
+func (db *DB) checkFirstCommit(size int64) error {
+	if size == 0 {
+		return nil
+	}
+	sz, err := readPageSize(db.f)
+	if err != nil {
+		return fmt.Errorf("database %q: first transaction: %w", db.name, err)
+	}
+	if sz != db.pageSize {
+		return fmt.Errorf("%w: database %q: page 1 declares %d-byte pages, the transaction wrote %d-byte pages",
+			ErrNotPageWrite, db.name, sz, db.pageSize)
+	}
 	return nil
 }
 

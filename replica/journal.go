@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/litefs-project/litefs/checksum"
 )
 
 // journalMagic starts every valid rollback journal header.
@@ -56,6 +58,11 @@ type hotJournal struct {
 	dbSize   uint32            // pages
 	pageSize uint32            // bytes
 	pages    map[uint32][]byte // original page contents; first record wins
+	// super is the path of the super-journal of a transaction over several
+	// databases, as SQLite named it (a path in the mount), or "". While it
+	// exists the transaction may be rolled back; once it is gone, SQLite
+	// had committed every database and the journal is not hot.
+	super string
 }
 
 // readHotJournal reads the rollback journal at path. It returns nil when the
@@ -73,13 +80,15 @@ func readHotJournal(path string, dbPageSize uint32) (*hotJournal, error) {
 	if !ok {
 		return nil, nil
 	}
-	j := &hotJournal{dbSize: first.dbSize, pageSize: first.pageSize, pages: make(map[uint32][]byte)}
+	j := &hotJournal{dbSize: first.dbSize, pageSize: first.pageSize, pages: make(map[uint32][]byte),
+		super: readSuperJournalName(b)}
 	if j.pageSize == 0 {
 		j.pageSize = dbPageSize
 	}
 	if !validPageSize(j.pageSize) {
 		return nil, fmt.Errorf("journal %s: invalid page size %d", path, j.pageSize)
 	}
+	lock := checksum.LockPgno(j.pageSize)
 	recLen := int64(j.pageSize) + 8
 	off := int64(0)
 	for {
@@ -103,7 +112,9 @@ func readHotJournal(path string, dbPageSize uint32) (*hotJournal, error) {
 			pgno := binary.BigEndian.Uint32(b[off:])
 			data := b[off+4 : off+4+int64(j.pageSize)]
 			sum := binary.BigEndian.Uint32(b[off+4+int64(j.pageSize):])
-			if pgno == 0 || sum != journalRecordChecksum(hdr.cksumInit, data) {
+			if pgno == 0 || pgno == lock || sum != journalRecordChecksum(hdr.cksumInit, data) {
+				// The lock page's number marks the super-journal's name,
+				// written after the last record; SQLite stops there too.
 				return j, nil
 			}
 			if _, seen := j.pages[pgno]; !seen {
@@ -123,6 +134,31 @@ func readHotJournal(path string, dbPageSize uint32) (*hotJournal, error) {
 		}
 	}
 	return j, nil
+}
+
+// readSuperJournalName returns the super-journal path SQLite records at the
+// end of the journal b of a transaction over several databases, or "":
+// the name, its length and the sum of its bytes, then the journal magic.
+func readSuperJournalName(b []byte) string {
+	if len(b) < 16 || !bytes.Equal(b[len(b)-8:], journalMagic) {
+		return ""
+	}
+	n := int(binary.BigEndian.Uint32(b[len(b)-16:]))
+	sum := binary.BigEndian.Uint32(b[len(b)-12:])
+	if n == 0 || n > len(b)-16 {
+		return ""
+	}
+	name := b[len(b)-16-n : len(b)-16]
+	// SQLite sums the bytes as C chars: signed on some platforms.
+	var signed, unsigned uint32
+	for _, c := range name {
+		signed += uint32(int32(int8(c)))
+		unsigned += uint32(c)
+	}
+	if (sum != signed && sum != unsigned) || bytes.IndexByte(name, 0) >= 0 {
+		return ""
+	}
+	return string(name)
 }
 
 // rollback writes the original pages back into f and truncates it to the

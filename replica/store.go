@@ -321,6 +321,10 @@ func (s *Store) Open() error {
 		s.dbs[db.name] = db
 		s.Logger.Info("database opened", slog.String(LogKeyDB, db.name), slog.String("pos", db.pos.String()))
 	}
+	if err := removeStaleSuperJournals(s.dbs, s.Logger); err != nil {
+		s.closeDBs()
+		return fmt.Errorf("remove stale super-journals: %w", err)
+	}
 	s.g.Go(s.retentionLoop)
 	return nil
 }
@@ -406,6 +410,9 @@ func ValidateName(name string) error {
 			return fmt.Errorf("%w: %q ends with %s", ErrInvalidName, name, suffix)
 		}
 	}
+	if _, _, ok := SplitSuperJournal(name); ok {
+		return fmt.Errorf("%w: %q is named like a SQLite super-journal", ErrInvalidName, name)
+	}
 	return nil
 }
 
@@ -452,6 +459,28 @@ func (s *Store) DeleteDB(name string) error {
 	s.Logger.Info("database deleted", slog.String(LogKeyDB, name), slog.String("pos", db.pos.String()))
 	s.notify()
 	return nil
+}
+
+// DiscardEmpty deletes a database that holds nothing: no transaction and
+// no bytes, as a file that was created in the mount and then refused
+// leaves it. It reports whether it did.
+func (s *Store) DiscardEmpty(name string) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	db, ok := s.dbs[name]
+	if !ok {
+		return false, nil
+	}
+	if !db.closeIfEmpty() {
+		return false, nil
+	}
+	delete(s.dbs, name)
+	if err := os.RemoveAll(db.dir); err != nil {
+		return true, fmt.Errorf("remove database %q: %w", name, err)
+	}
+	s.Logger.Info("removed an empty database whose first write was refused", slog.String(LogKeyDB, name))
+	s.notify()
+	return true, nil
 }
 
 func (s *Store) retentionLoop() error {

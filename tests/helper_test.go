@@ -75,6 +75,8 @@ func runHelper(name string, _ []string) int {
 		return ackedWriter(db, args, os.Stdout)
 	case "spill-hang":
 		return spillHang(db, os.Stdout)
+	case "spill-new-hang":
+		return spillNewHang(db, os.Stdout)
 	}
 	fmt.Fprintln(os.Stderr, "unknown helper", name)
 	return 2
@@ -176,6 +178,26 @@ func spillHang(db *sql.DB, w io.Writer) int {
 	if _, err := tx.Exec(`UPDATE big SET payload = upper(payload)`); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
+	}
+	fmt.Fprintln(w, "ready")
+	time.Sleep(time.Minute)
+	return 0
+}
+
+// spillNewHang starts the first transaction of a new database, larger
+// than the page cache, so SQLite writes pages into the empty database file
+// before COMMIT (not page 1 first), prints "ready" and waits to be killed.
+func spillNewHang(db *sql.DB, w io.Writer) int {
+	for _, q := range []string{
+		`PRAGMA cache_size = 2`,
+		`BEGIN`,
+		`CREATE TABLE t (x)`,
+		`WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < 200) INSERT INTO t SELECT randomblob(1000) FROM c`,
+	} {
+		if _, err := db.Exec(q); err != nil {
+			fmt.Fprintln(os.Stderr, q+":", err)
+			return 1
+		}
 	}
 	fmt.Fprintln(w, "ready")
 	time.Sleep(time.Minute)

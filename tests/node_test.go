@@ -32,7 +32,8 @@ type Node struct {
 	DataDir    string
 	ConfigPath string
 	HTTPAddr   string
-	Bin        string // litefs binary; litefsBin by default
+	Bin        string   // litefs binary; litefsBin by default
+	Env        []string // more environment for the next start, e.g. LITEFS_FAILPOINT
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -130,6 +131,7 @@ func (n *Node) StartCmd() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	cmd := exec.Command(n.Bin, "mount", "-config", n.ConfigPath)
+	cmd.Env = append(os.Environ(), n.Env...)
 	cmd.Stdout, cmd.Stderr = &lockedWriter{n: n}, &lockedWriter{n: n}
 	if err := cmd.Start(); err != nil {
 		n.t.Fatal(err)
@@ -290,9 +292,10 @@ func (n *Node) CheckInvariants() {
 		n.t.Fatalf("read mount: %v", err)
 	}
 	for _, ent := range ents {
-		name, ok := strings.CutSuffix(ent.Name(), "-pos")
-		if !ok {
-			continue
+		name := ent.Name()
+		if strings.HasPrefix(name, ".") || strings.HasSuffix(name, "-journal") || strings.HasSuffix(name, "-wal") ||
+			strings.HasSuffix(name, "-shm") || strings.HasSuffix(name, "-pos") {
+			continue // the mount lists databases and their companions; -pos files are read by name
 		}
 		pos := n.Pos(name)
 		data := readLogicalDB(n.t, filepath.Join(n.DataDir, "dbs", name))

@@ -161,6 +161,13 @@ func (c *MountCommand) start(primary bool, fatal chan<- error) (net.Listener, er
 	c.FS.Logger = c.Logger
 	// A static primary never turns replica: the kernel may skip opens.
 	c.FS.NoOpen = primary && c.Config.Lease.Type == "static"
+	if spec := os.Getenv(failpointEnv); spec != "" {
+		hook, err := parseFailpoint(spec, c.Logger)
+		if err != nil {
+			return nil, err
+		}
+		c.FS.Failpoint = hook
+	}
 	if err := c.FS.Mount(); err != nil {
 		return nil, err
 	}
