@@ -264,28 +264,68 @@ func TestDisk_PrimaryFull(t *testing.T) {
 			// While the disk is full: everything acknowledged is there,
 			// nothing refused is, the log matches the database, and the
 			// node runs on, having said once what is wrong and where.
-			checkRows(t, db, acked)
-			n.CheckInvariants()
-			if !n.running() {
-				t.Fatalf("litefs exited on a full disk: %v", n.ExitErr())
-			}
-			if got := countLines(n.Logs(), diskFullLog, n.DataDir); got != 1 {
-				t.Fatalf("%d log lines say the disk is full and name %s, want 1:\n%s", got, n.DataDir, n.Logs())
-			}
-
-			// Deleting a file frees space: the next commit goes through.
-			disk.free()
-			for i := 0; i < 20; i++ {
-				if err := insert(100 + rng.Intn(8000)); err != nil {
-					t.Fatalf("commit after space was freed: %v", err)
+			episodes := 1
+			whileFull := func() {
+				t.Helper()
+				checkRows(t, db, acked)
+				n.CheckInvariants()
+				if !n.running() {
+					t.Fatalf("litefs exited on a full disk: %v", n.ExitErr())
+				}
+				if got := countLines(n.Logs(), diskFullLog, n.DataDir); got != episodes {
+					t.Fatalf("%d log lines say the disk is full and name %s, want %d (one per episode):\n%s", got, n.DataDir, episodes, n.Logs())
 				}
 			}
+			// afterFull checks that commits go through again by
+			// themselves, and that the end of the episode was logged.
+			afterFull := func(how string) {
+				t.Helper()
+				for i := 0; i < 20; i++ {
+					if err := insert(100 + rng.Intn(8000)); err != nil {
+						t.Fatalf("commit after %s: %v", how, err)
+					}
+				}
+				checkRows(t, db, acked)
+				n.CheckInvariants()
+				if got := countLines(n.Logs(), diskRoomLog); got != episodes {
+					t.Errorf("%d log lines say the disk has room again, want %d", got, episodes)
+				}
+			}
+			whileFull()
+
+			// Deleting a file frees space.
+			disk.free()
+			afterFull("deleting a file")
 			mustSQLite3(t, n.Path("app.db"), "INSERT INTO t VALUES (1000001, randomblob(5000));")
 			acked = append(acked, 1000001)
 			checkRows(t, db, acked)
-			n.CheckInvariants()
-			if got := countLines(n.Logs(), diskRoomLog); got != 1 {
-				t.Errorf("%d log lines say the disk has room again, want 1", got)
+
+			if mode == "WAL" {
+				// A WAL that starts over after a complete checkpoint
+				// overwrites frames already on disk, so SQLite's writes
+				// need no new space and the commit fails only when its
+				// LTX file is written: the frames must not stay valid in
+				// the WAL, and SQLite's retry of the rest of a split write
+				// must fail too.
+				var busy, logFrames, done int
+				if err := db.QueryRow(`PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &logFrames, &done); err != nil || busy != 0 || logFrames != done {
+					t.Fatalf("checkpoint: busy %d, %d of %d frames: %v", busy, done, logFrames, err)
+				}
+				ltxDir := filepath.Join(n.DataDir, "dbs", "app.db", "ltx")
+				atLTX := countLines(n.Logs(), diskFullLog, ltxDir)
+				disk.fill(0)
+				err := insert(3000)
+				checkDiskFullErr(t, err)
+				episodes++
+				whileFull()
+				if got := countLines(n.Logs(), diskFullLog, ltxDir); got != atLTX+1 {
+					t.Fatalf("the commit did not fail at its ltx file:\n%s", n.Logs())
+				}
+				if got := mustSQLite3(t, n.Path("app.db"), "SELECT count(*) FROM t; PRAGMA integrity_check"); got != fmt.Sprintf("%d\nok", len(acked)) {
+					t.Fatalf("sqlite3 after a refused commit: %q, want %d rows", got, len(acked))
+				}
+				disk.free()
+				afterFull("deleting a file")
 			}
 
 			// Full again, to the last byte; this time the filesystem grows.
@@ -299,23 +339,13 @@ func TestDisk_PrimaryFull(t *testing.T) {
 					t.Fatal("the disk never filled")
 				}
 			}
-			if got := countLines(n.Logs(), diskFullLog, n.DataDir); got != 2 {
-				t.Errorf("%d log lines say the disk is full, want 2 (one per episode)", got)
-			}
+			episodes++
+			whileFull()
 			disk.remount(strconv.FormatInt(2*size/1024, 10) + "k")
-			for i := 0; i < 20; i++ {
-				if err := insert(100 + rng.Intn(8000)); err != nil {
-					t.Fatalf("commit after the filesystem grew: %v", err)
-				}
-			}
-			checkRows(t, db, acked)
+			afterFull("the filesystem grew")
 			if got := mustSQLite3(t, n.Path("app.db"), "PRAGMA integrity_check"); got != "ok" {
 				t.Fatalf("integrity_check: %s", got)
 			}
-			if !n.running() {
-				t.Fatalf("litefs exited: %v", n.ExitErr())
-			}
-			n.CheckInvariants()
 		})
 	}
 }
@@ -364,7 +394,11 @@ func TestDisk_ReplicaFull(t *testing.T) {
 			insert(10)
 			c.WaitConverged(t, "app.db")
 
-			// A reader that stays open through the episodes.
+			// A reader that stays open through the episodes. After each
+			// apply it reads before any other connection does: in WAL
+			// mode, a connection that finds the WAL index rebuilt by
+			// another one keeps its stale page cache (a replica bug of
+			// its own, not of a full disk).
 			rdb := r.OpenDB("app.db", mode)
 			count := func() string {
 				var n int
@@ -429,6 +463,9 @@ func TestDisk_ReplicaFull(t *testing.T) {
 			paused(before, rows)
 			disk.free()
 			c.WaitConverged(t, "app.db")
+			if got := count(); got != strconv.Itoa(next-1) {
+				t.Fatalf("replica reader: %s rows, want %d", got, next-1)
+			}
 			if got, want := dump(t, r, "app.db", q), dump(t, p, "app.db", q); got != want {
 				t.Fatalf("replica %q, primary %q", got, want)
 			}
@@ -446,11 +483,11 @@ func TestDisk_ReplicaFull(t *testing.T) {
 			disk.remount(strconv.FormatInt(2*size/1024, 10) + "k")
 			insert(3)
 			c.WaitConverged(t, "app.db")
-			if got, want := dump(t, r, "app.db", q+"; PRAGMA integrity_check"), dump(t, p, "app.db", q+"; PRAGMA integrity_check"); got != want {
-				t.Fatalf("replica %q, primary %q", got, want)
-			}
 			if got := count(); got != strconv.Itoa(next-1) {
 				t.Fatalf("replica reader: %s rows, want %d", got, next-1)
+			}
+			if got, want := dump(t, r, "app.db", q+"; PRAGMA integrity_check"), dump(t, p, "app.db", q+"; PRAGMA integrity_check"); got != want {
+				t.Fatalf("replica %q, primary %q", got, want)
 			}
 
 			// It caught up from the primary's log: one file per
@@ -470,6 +507,73 @@ func TestDisk_ReplicaFull(t *testing.T) {
 			}
 			r.CheckInvariants()
 			p.CheckInvariants()
+		})
+	}
+}
+
+// TestDisk_ReplicaApplyRedo makes a replica's database file refuse writes
+// (it is made immutable) while a transaction arrives: the transaction
+// enters the replica's log, then cannot be written to its database, as
+// when a disk that cannot allocate ahead fills up halfway through an
+// apply. The replica keeps serving what it had, and once the file can be
+// written again it finishes the transaction from its own log and goes on:
+// no snapshot, nothing moved aside.
+func TestDisk_ReplicaApplyRedo(t *testing.T) {
+	for _, mode := range diskModes {
+		t.Run(mode, func(t *testing.T) {
+			c := startCluster(t, 1, "")
+			p, r := c.Primary, c.Replicas[0]
+			mustSQLite3(t, p.Path("app.db"), fmt.Sprintf(`PRAGMA journal_mode=%s; CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);
+				INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');`, mode))
+			c.WaitConverged(t, "app.db")
+			before := r.Pos("app.db")
+
+			dbFile := filepath.Join(r.DataDir, "dbs", "app.db", "database")
+			if out, err := exec.Command("chattr", "+i", dbFile).CombinedOutput(); err != nil {
+				t.Fatalf("chattr +i %s: %v: %s", dbFile, err, out)
+			}
+			immutable := true
+			t.Cleanup(func() {
+				if immutable {
+					_ = exec.Command("chattr", "-i", dbFile).Run()
+				}
+			})
+			// The database does not grow, so nothing is allocated ahead
+			// and the failure comes after the file entered the log.
+			mustSQLite3(t, p.Path("app.db"), "UPDATE t SET v = upper(v);")
+			waitUntil(t, 30*time.Second, "the replica to fail writing its database", func() bool {
+				return strings.Contains(r.Logs(), "operation not permitted")
+			})
+			if got := r.Pos("app.db"); got != before {
+				t.Fatalf("replica position moved from %s to %s without its database", before, got)
+			}
+			if got := dump(t, r, "app.db", "SELECT group_concat(v) FROM t"); got != "a,b,c" {
+				t.Fatalf("replica reads %q, want what it had (a,b,c)", got)
+			}
+
+			if out, err := exec.Command("chattr", "-i", dbFile).CombinedOutput(); err != nil {
+				t.Fatalf("chattr -i %s: %v: %s", dbFile, err, out)
+			}
+			immutable = false
+			c.WaitConverged(t, "app.db")
+			if got := dump(t, r, "app.db", "SELECT group_concat(v) FROM t; PRAGMA integrity_check"); got != "A,B,C\nok" {
+				t.Fatalf("replica reads %q", got)
+			}
+			if !strings.Contains(r.Logs(), "finishing the apply") {
+				t.Errorf("the replica did not finish the transaction from its log:\n%s", r.Logs())
+			}
+			ents, err := os.ReadDir(filepath.Join(r.DataDir, "dbs", "app.db", "ltx"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if txid := int(p.Pos("app.db").TXID); len(ents) != txid {
+				t.Errorf("replica log holds %d files, want one per transaction (%d): a snapshot replaced them", len(ents), txid)
+			}
+			if _, err := os.Stat(filepath.Join(r.DataDir, "aside")); !os.IsNotExist(err) {
+				t.Errorf("the replica moved data aside: %v", err)
+			}
+			mustSQLite3(t, p.Path("app.db"), "INSERT INTO t VALUES (4, 'd');")
+			c.WaitConverged(t, "app.db")
 		})
 	}
 }
