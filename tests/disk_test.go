@@ -115,7 +115,8 @@ func (fs *tmpfs) fill(leave int64) {
 	fs.t.Logf("filled %s with %d bytes; %d bytes free", fs.dir, n, free)
 }
 
-// give frees n bytes (rounded up to whole pages) from the newest filler.
+// giveBack frees n bytes (rounded up to whole pages) from the newest
+// filler.
 func (fs *tmpfs) giveBack(n int64) {
 	fs.t.Helper()
 	fs.give(filepath.Join(fs.dir, fmt.Sprintf("filler-%d", fs.fillers)), n)
