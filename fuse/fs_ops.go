@@ -86,6 +86,9 @@ func (fs *FS) errno(op string, n *node, err error) error {
 	var errno syscall.Errno
 	switch {
 	case errors.As(err, &errno):
+		if n != nil && n.db != nil && replica.IsDiskFull(err) {
+			n.db.DiskFull(err) // logged once per episode, with where
+		}
 		return fuse.Errno(errno)
 	case errors.Is(err, os.ErrNotExist), errors.Is(err, replica.ErrDatabaseNotFound):
 		return fuse.ENOENT

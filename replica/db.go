@@ -50,6 +50,8 @@ type DB struct {
 	onChange  func()       // tells the store the position moved
 
 	wal walState
+
+	full diskFull // episodes of a full disk (diskfull.go)
 }
 
 // openDB opens the database in dir, recovering from a crash: a hot journal
@@ -328,6 +330,9 @@ func (db *DB) WriteAt(p []byte, off int64) (int, error) {
 	if pgno == 1 && headerPageSize(p) != db.pageSize {
 		return 0, fmt.Errorf("%w: page 1 would change the page size from %d (changing the page size of an existing database is not supported; import a database with the new page size instead)",
 			ErrNotPageWrite, db.pageSize)
+	}
+	if err := db.checkRoom(pgno, p, off); err != nil {
+		return 0, err
 	}
 	n, err := db.f.WriteAt(p, off)
 	if n > 0 {

@@ -59,6 +59,12 @@ func (db *DB) Apply(ctx context.Context, path string, gate Gate) error {
 // that fell behind catches up in fewer, larger steps. The files must chain
 // (each applies to the position the one before leaves); a file that does
 // not changes nothing.
+//
+// The space the database file grows into is allocated before anything
+// changes, so a full disk fails the apply cleanly (an error IsDiskFull
+// matches) and a later call retries it. If an apply failed anyway after
+// its file entered the log, the next call finishes that file first, and
+// drops it from paths if the primary sent it again.
 func (db *DB) ApplyAll(ctx context.Context, paths []string, gate Gate) error {
 	hdrs := make([]ltx.Header, len(paths))
 	posts := make([]checksum.Checksum, len(paths))
@@ -69,18 +75,37 @@ func (db *DB) ApplyAll(ctx context.Context, paths []string, gate Gate) error {
 		}
 		hdrs[i], posts[i] = d.Header, d.PostApplyChecksum
 	}
+	if err := db.finishApply(ctx, gate); err != nil {
+		return err
+	}
 	db.mu.Lock()
 	if db.closed {
 		db.mu.Unlock()
 		return ErrClosed
 	}
 	pos := db.pos
+	// A file this node finished applying above, sent again by a primary
+	// that was told the position before it.
+	if last := db.log.LastHeader(); len(hdrs) > 0 && hdrs[0].MinTXID == last.MinTXID && hdrs[0].MaxTXID == pos.TXID &&
+		posts[0] == pos.Checksum && !hdrs[0].IsSnapshot() {
+		hdrs, posts, paths = hdrs[1:], posts[1:], paths[1:]
+	}
+	var grow int64
 	for i, hdr := range hdrs {
 		if !hdr.IsSnapshot() && hdr.PreApplyPos() != pos {
 			db.mu.Unlock()
 			return &PosMismatchError{DB: db.name, Pos: pos, Want: hdr.PreApplyPos()}
 		}
 		pos = ltx.Pos{TXID: hdr.MaxTXID, Checksum: posts[i]}
+		grow = max(grow, int64(hdr.Commit)*int64(hdr.PageSize))
+	}
+	if len(hdrs) == 0 {
+		db.mu.Unlock()
+		return nil
+	}
+	if err := reserve(db.f, grow); err != nil {
+		db.mu.Unlock()
+		return fmt.Errorf("apply ltx %s: make room for the database to grow to %d bytes: %w", hdrs[0].MaxTXID, grow, err)
 	}
 	var (
 		unlock func() error
@@ -97,6 +122,51 @@ func (db *DB) ApplyAll(ctx context.Context, paths []string, gate Gate) error {
 	}
 	if serr := db.f.Sync(); err == nil {
 		err = serr
+	}
+	db.mu.Unlock()
+	return db.reopenGate(gate, unlock, err)
+}
+
+// finishApply applies the newest file of the log again if the database is
+// not at the log's position: an apply moved the file into the log and then
+// failed to write the database file (the disk filled up on a filesystem
+// that cannot allocate ahead, or an I/O error). Writing a file's pages and
+// truncating to its commit size gives the same result over a partly
+// written database, so the replica resumes from where it was, without a
+// snapshot.
+func (db *DB) finishApply(ctx context.Context, gate Gate) error {
+	db.mu.Lock()
+	if db.closed || db.log.Pos() == db.pos {
+		db.mu.Unlock()
+		return nil
+	}
+	hdr := db.log.LastHeader()
+	if err := reserve(db.f, int64(hdr.Commit)*int64(hdr.PageSize)); err != nil {
+		db.mu.Unlock()
+		return fmt.Errorf("finish applying ltx %s: %w", hdr.MaxTXID, err)
+	}
+	var (
+		unlock func() error
+		err    error
+	)
+	if gate != nil {
+		if unlock, err = gate.Lock(ctx, db.name, db.isWAL()); err != nil {
+			db.mu.Unlock()
+			return fmt.Errorf("keep readers out: %w", err)
+		}
+	}
+	want := db.log.Pos()
+	db.logger.Info("finishing the apply of an ltx file that an earlier apply could not write",
+		slog.String(LogKeyTXID, hdr.MaxTXID.String()), slog.String("from", db.pos.String()))
+	if err = db.applyFile(db.log.Path(hdr.MinTXID, hdr.MaxTXID), true); err == nil {
+		if got := db.chk.Sum(); got != want.Checksum {
+			err = fmt.Errorf("finish applying ltx %s: database checksum %s after apply, file says %s", hdr.MaxTXID, got, want.Checksum)
+		} else {
+			db.pos = want
+			db.publish()
+		}
+	} else {
+		err = fmt.Errorf("finish applying ltx %s: %w", hdr.MaxTXID, err)
 	}
 	db.mu.Unlock()
 	return db.reopenGate(gate, unlock, err)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"sort"
 	"time"
 
@@ -186,6 +187,7 @@ func (db *DB) commitTxn(pageN uint32, written []uint32, read func(pgno uint32, b
 	db.chk.Apply(pageN, sums)
 	db.pos = ltx.Pos{TXID: txid, Checksum: post}
 	db.publish()
+	db.diskRoomAgain()
 	db.logger.Debug("commit", slog.String(LogKeyTXID, txid.String()), slog.Int("pages", len(pages)),
 		slog.Uint64("commit", uint64(pageN)), slog.String(LogKeyChecksum, post.String()))
 	return nil
@@ -193,15 +195,73 @@ func (db *DB) commitTxn(pageN uint32, written []uint32, read func(pgno uint32, b
 
 // commitFailed logs a commit that could not be made and reports it to the
 // store's owner, unless it was refused because the node is not (or no
-// longer safely) the primary, which is not a failure of the node.
+// longer safely) the primary, which is not a failure of the node. A commit
+// that failed for lack of space is logged once per episode of a full disk
+// (see DiskFull); it is still reported.
 func (db *DB) commitFailed(err error) {
 	if errors.Is(err, ErrReadOnly) || errors.Is(err, ErrFenced) {
 		db.logger.Warn("commit refused; the transaction is not acknowledged and will be rolled back", slog.Any(LogKeyError, err))
 		return
 	}
-	db.logger.Error("commit failed; the transaction is not acknowledged", slog.Any(LogKeyError, err))
+	if IsDiskFull(err) {
+		db.DiskFull(err)
+	} else {
+		db.logger.Error("commit failed; the transaction is not acknowledged", slog.Any(LogKeyError, err))
+	}
 	if db.onError != nil {
 		db.onError(err)
+	}
+}
+
+// walCommitFailed handles a WAL commit that could not be made: the write
+// that completed its commit frame fails, so SQLite reports the commit
+// failed and never publishes it in the WAL index, but the frames are in
+// the WAL file and valid. They are cut off, back to the end of the last
+// commit in the log, so that no later recovery of the WAL index from the
+// file (a connection opening after the others closed or crashed) can bring
+// back a transaction the application was told failed. Only SQLite's writer,
+// blocked in this write, writes the WAL, and readers read no frame past
+// the last commit. The bytes that completed the commit are not in the
+// kernel's page cache either: it drops the pages of a failed write.
+// db.mu held.
+func (db *DB) walCommitFailed(err error) {
+	db.commitFailed(err)
+	if db.wal.valid {
+		db.wal.cut = err
+		db.cutWAL()
+	}
+}
+
+// refuseCutRetry fails a WAL write that continues one whose commit failed
+// (see walCommitFailed) with the same error. The kernel splits a write
+// that crosses a page boundary, so the failed piece may follow one that
+// went through; SQLite then writes the rest again, which would otherwise
+// succeed over the cut frames and let SQLite publish a commit whose frames
+// are gone. SQLite's next transaction starts writing at the end of the
+// last commit (or at 0, with a new WAL header), which ends the refusal.
+// db.mu held.
+func (db *DB) refuseCutRetry(off int64) error {
+	err := db.wal.cut
+	if err == nil {
+		return nil
+	}
+	if off == db.wal.end || off == 0 {
+		db.wal.cut = nil
+		return nil
+	}
+	db.cutWAL()
+	return err
+}
+
+// cutWAL truncates the WAL file to the end of the last logged commit.
+// db.mu held.
+func (db *DB) cutWAL() {
+	if fi, err := os.Stat(db.WALPath()); err != nil || fi.Size() <= db.wal.end {
+		return
+	}
+	if err := os.Truncate(db.WALPath(), db.wal.end); err != nil {
+		db.logger.Error("cut the frames of a failed commit off the wal", slog.String(LogKeyPath, db.WALPath()),
+			slog.Int64("offset", db.wal.end), slog.Any(LogKeyError, err))
 	}
 }
 

@@ -17,6 +17,7 @@ type walState struct {
 	valid bool      // a valid header is in force
 	end   int64     // offset just after the last committed frame
 	cksum [2]uint32 // cumulative checksum at end
+	cut   error     // a commit failed and its frames were cut; see refuseCutRetry
 }
 
 func (w *walState) reset() { *w = walState{} }
@@ -39,6 +40,9 @@ func (db *DB) WALWritten(r io.ReaderAt, off int64, n int) error {
 	defer db.mu.Unlock()
 	if db.closed {
 		return ErrClosed
+	}
+	if err := db.refuseCutRetry(off); err != nil {
+		return err
 	}
 	if off == 0 && n >= walHeaderSize {
 		b := make([]byte, walHeaderSize)
@@ -85,7 +89,7 @@ func (db *DB) WALWritten(r io.ReaderAt, off int64, n int) error {
 	// commit frame), txns is empty and a later write completes the commit.
 	for _, txn := range txns {
 		if err := db.commitWALTxn(r, txn); err != nil {
-			db.commitFailed(err)
+			db.walCommitFailed(err)
 			return err
 		}
 	}

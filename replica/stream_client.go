@@ -46,6 +46,8 @@ type Client struct {
 	MinBackoff, MaxBackoff time.Duration
 	HTTPClient             *http.Client
 	Logger                 *slog.Logger
+
+	full diskFull // episodes of a full disk: applying pauses, then resumes
 }
 
 // NewClient returns a client of the primary at url with defaults.
@@ -73,11 +75,21 @@ func (c *Client) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if progressed {
-			backoff = c.MinBackoff
+		if IsDiskFull(err) {
+			// Nothing was applied, and nothing will be until space is
+			// freed: say so once, keep serving reads, and retry without
+			// hammering the primary.
+			c.full.fail(c.Logger, c.Store.Dir, err,
+				"no space left in the data directory; applying the primary's transactions is paused (reads go on from what this replica has) and retried until space is freed",
+				slog.String("primary", c.URL))
+			c.Logger.Debug("replication stream ended: disk full; retrying", slog.Any(LogKeyError, err), slog.Duration("backoff", backoff))
+		} else {
+			if progressed {
+				backoff = c.MinBackoff
+			}
+			c.Logger.Warn("replication stream from the primary ended; reconnecting",
+				slog.String("primary", c.URL), slog.Any(LogKeyError, err), slog.Duration("backoff", backoff))
 		}
-		c.Logger.Warn("replication stream from the primary ended; reconnecting",
-			slog.String("primary", c.URL), slog.Any(LogKeyError, err), slog.Duration("backoff", backoff))
 		select {
 		case <-ctx.Done():
 			return nil
@@ -160,7 +172,11 @@ func (c *Client) session(ctx context.Context) (progressed bool, err error) {
 				return progressed, fmt.Errorf("%w: hello: %v", ErrBadFrame, err)
 			}
 			c.Store.setPrimaryHostname(h.Hostname)
-			c.Logger.Info("connected to the primary", slog.String("primary", h.Hostname), slog.String("url", c.URL))
+			level := slog.LevelInfo
+			if c.full.active.Load() {
+				level = slog.LevelDebug // a retry while the disk is full
+			}
+			c.Logger.Log(ctx, level, "connected to the primary", slog.String("primary", h.Hostname), slog.String("url", c.URL))
 		case frameHeartbeat:
 			var h streamHeartbeat
 			if err := json.Unmarshal(payload, &h); err != nil {
@@ -305,6 +321,7 @@ func (c *Client) apply(ctx context.Context, batch []*incoming) error {
 		return fmt.Errorf("apply to %q: %w", name, err)
 	}
 	c.Store.updateLag()
+	c.full.ok(c.Logger, c.Store.Dir, "applying resumed", slog.String(LogKeyDB, name), slog.String("pos", db.Pos().String()))
 	return nil
 }
 
