@@ -1,7 +1,9 @@
 package fuse
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -121,13 +123,60 @@ func (fs *FS) Invalidate(name string) error {
 	}
 	defer unix.Close(fd)
 	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil || st.Size < walIndexHeaderSize {
+	if err := unix.Fstat(fd, &st); err != nil || st.Size < walIndexHeaderSize+4 {
 		return err
 	}
-	if _, err := unix.Pwrite(fd, make([]byte, walIndexHeaderSize), 0); err != nil {
+	b := make([]byte, walIndexHeaderSize+4)
+	if _, err := unix.Pread(fd, b, 0); err != nil {
+		return fmt.Errorf("read wal index of %s: %w", name, err)
+	}
+	if _, err := unix.Pwrite(fd, nextWALIndexHeader(b), 0); err != nil {
 		return fmt.Errorf("reset wal index of %s: %w", name, err)
 	}
 	return nil
+}
+
+// nextWALIndexHeader returns the WAL index header (both copies) that makes
+// every connection drop its cache, given the index's first bytes b (the
+// header and the checkpoint's backfill count). SQLite keeps its cache while
+// the header is unchanged, so zeroing it is not enough: the first reader
+// rebuilds it from the WAL, and for an empty WAL, which a replica's always
+// is after an apply, the rebuilt header equals the one the others cached.
+// For an empty, fully backfilled WAL the header is kept with its change
+// counter moved on and its checksum redone, as a SQLite writer does at
+// each commit; anything else is zeroed, and rebuilt from the WAL.
+func nextWALIndexHeader(b []byte) []byte {
+	const (
+		iChange = 8  // u32: the change counter
+		isInit  = 12 // u8
+		mxFrame = 16 // u32: frames in the WAL
+		cksum   = 40 // two u32: checksum of the 40 bytes before
+		hdrLen  = 48 // one copy
+	)
+	e := binary.NativeEndian // the index is in the host's byte order
+	h := b[:hdrLen]
+	backfill := e.Uint32(b[walIndexHeaderSize:])
+	if !bytes.Equal(h, b[hdrLen:2*hdrLen]) || h[isInit] == 0 || e.Uint32(h[mxFrame:]) != 0 || backfill != 0 ||
+		walIndexChecksum(h[:cksum]) != [2]uint32{e.Uint32(h[cksum:]), e.Uint32(h[cksum+4:])} {
+		return make([]byte, walIndexHeaderSize)
+	}
+	out := make([]byte, hdrLen, walIndexHeaderSize)
+	copy(out, h)
+	e.PutUint32(out[iChange:], e.Uint32(h[iChange:])+1)
+	sum := walIndexChecksum(out[:cksum])
+	e.PutUint32(out[cksum:], sum[0])
+	e.PutUint32(out[cksum+4:], sum[1])
+	return append(out, out...)
+}
+
+// walIndexChecksum is SQLite's WAL checksum over b in native byte order.
+func walIndexChecksum(b []byte) [2]uint32 {
+	var s1, s2 uint32
+	for i := 0; i+8 <= len(b); i += 8 {
+		s1 += binary.NativeEndian.Uint32(b[i:]) + s2
+		s2 += binary.NativeEndian.Uint32(b[i+4:]) + s1
+	}
+	return [2]uint32{s1, s2}
 }
 
 // Forget drops the kernel's cached entries for a database and its

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"database/sql"
 	"fmt"
 	"os"
 	"os/exec"
@@ -386,4 +387,42 @@ func TestSQLite_SmallThings(t *testing.T) {
 			t.Errorf("a refusal was logged:\n%s", n.Logs())
 		}
 	})
+}
+
+// TestReplication_WALLongReaders keeps connections open on a WAL replica
+// while transactions arrive: whichever connection reads first after an
+// apply, every other one must see the new data too (SQLite decides from
+// the WAL index header whether its cache is still good).
+func TestReplication_WALLongReaders(t *testing.T) {
+	c := startCluster(t, 1, "")
+	mustSQLite3(t, c.Primary.Path("app.db"), "PRAGMA journal_mode=WAL; CREATE TABLE t (x);")
+	c.WaitConverged(t, "app.db")
+	r := c.Replicas[0]
+	var conns []*sql.DB
+	for i := 0; i < 3; i++ {
+		db := r.OpenDB("app.db", "WAL")
+		db.SetMaxOpenConns(1)
+		conns = append(conns, db)
+	}
+	count := func(db *sql.DB) int {
+		var n int
+		if err := db.QueryRow("SELECT count(*) FROM t").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for _, db := range conns {
+		count(db)
+	}
+	for i := 1; i <= 6; i++ {
+		mustSQLite3(t, c.Primary.Path("app.db"), "INSERT INTO t VALUES (1)")
+		c.WaitConverged(t, "app.db")
+		// A different connection reads first each round.
+		for j := range conns {
+			db := conns[(i+j)%len(conns)]
+			if got := count(db); got != i {
+				t.Fatalf("round %d: connection %d sees %d rows, want %d", i, (i+j)%len(conns), got, i)
+			}
+		}
+	}
 }
