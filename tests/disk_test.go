@@ -395,11 +395,9 @@ func TestDisk_ReplicaFull(t *testing.T) {
 			insert(10)
 			c.WaitConverged(t, "app.db")
 
-			// A reader that stays open through the episodes. After each
-			// apply it reads before any other connection does: in WAL
-			// mode, a connection that finds the WAL index rebuilt by
-			// another one keeps its stale page cache (a replica bug of
-			// its own, not of a full disk).
+			// A reader that stays open through the episodes
+			// (TestReplication_WALLongReaders covers the order in which
+			// connections read after an apply).
 			rdb := r.OpenDB("app.db", mode)
 			count := func() string {
 				var n int
