@@ -19,6 +19,28 @@ func runCmd(name string, args ...string) (string, error) {
 	return strings.TrimSpace(string(out)), err
 }
 
+// endTx runs stmts in a transaction on db and commits or rolls it back.
+func endTx(t testing.TB, db *sql.DB, commit bool, stmts ...string) {
+	t.Helper()
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range stmts {
+		if _, err := tx.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	if commit {
+		err = tx.Commit()
+	} else {
+		err = tx.Rollback()
+	}
+	if err != nil {
+		t.Fatalf("commit=%t: %v", commit, err)
+	}
+}
+
 // superJournals returns the super-journals left in a node's data directory.
 func superJournals(t testing.TB, n *Node) []string {
 	t.Helper()
@@ -72,20 +94,7 @@ func TestSQLite_Attach(t *testing.T) {
 			db.SetMaxOpenConns(1) // one connection: ATTACH holds for every statement
 			mustExec(t, db, "ATTACH ? AS b", b)
 			for _, commit := range []bool{true, false} {
-				tx, err := db.Begin()
-				if err != nil {
-					t.Fatal(err)
-				}
-				mustExec(t, tx, "INSERT INTO main.t VALUES (10)")
-				mustExec(t, tx, "INSERT INTO b.t SELECT x + 10 FROM main.t")
-				if commit {
-					err = tx.Commit()
-				} else {
-					err = tx.Rollback()
-				}
-				if err != nil {
-					t.Fatalf("commit=%t: %v", commit, err)
-				}
+				endTx(t, db, commit, "INSERT INTO main.t VALUES (10)", "INSERT INTO b.t SELECT x + 10 FROM main.t")
 			}
 			checkAdvanced(t, p, "a.db", posA, 3)
 			checkAdvanced(t, p, "b.db", posB, 2)
@@ -227,20 +236,7 @@ func TestSQLite_Spill(t *testing.T) {
 			db.SetMaxOpenConns(1)
 			mustExec(t, db, "PRAGMA cache_size = 5")
 			for _, commit := range []bool{false, true} {
-				tx, err := db.Begin()
-				if err != nil {
-					t.Fatal(err)
-				}
-				mustExec(t, tx, "CREATE TABLE t (x)")
-				mustExec(t, tx, fmt.Sprintf(load, 500))
-				if commit {
-					err = tx.Commit()
-				} else {
-					err = tx.Rollback()
-				}
-				if err != nil {
-					t.Fatalf("commit=%t: %v", commit, err)
-				}
+				endTx(t, db, commit, "CREATE TABLE t (x)", fmt.Sprintf(load, 500))
 				if !commit {
 					if pos := n.Pos("new.db"); pos != (ltx.Pos{}) {
 						t.Fatalf("after rollback: position %s, want none", pos)
@@ -258,20 +254,7 @@ func TestSQLite_Spill(t *testing.T) {
 			// a spill committed is one transaction.
 			before := n.Pos("new.db")
 			for _, commit := range []bool{false, true} {
-				tx, err := db.Begin()
-				if err != nil {
-					t.Fatal(err)
-				}
-				mustExec(t, tx, "UPDATE t SET x = randomblob(1000)")
-				mustExec(t, tx, fmt.Sprintf(load, 300))
-				if commit {
-					err = tx.Commit()
-				} else {
-					err = tx.Rollback()
-				}
-				if err != nil {
-					t.Fatalf("commit=%t: %v", commit, err)
-				}
+				endTx(t, db, commit, "UPDATE t SET x = randomblob(1000)", fmt.Sprintf(load, 300))
 				if !commit && n.Pos("new.db") != before {
 					t.Fatalf("rollback moved the position from %s to %s", before, n.Pos("new.db"))
 				}
