@@ -107,15 +107,10 @@ func (db *DB) ApplyAll(ctx context.Context, paths []string, gate Gate) error {
 		db.mu.Unlock()
 		return fmt.Errorf("apply ltx %s: make room for the database to grow to %d bytes: %w", hdrs[0].MaxTXID, grow, err)
 	}
-	var (
-		unlock func() error
-		err    error
-	)
-	if gate != nil {
-		if unlock, err = gate.Lock(ctx, db.name, db.isWAL()); err != nil {
-			db.mu.Unlock()
-			return fmt.Errorf("keep readers out: %w", err)
-		}
+	unlock, err := db.lockGate(ctx, gate)
+	if err != nil {
+		db.mu.Unlock()
+		return err
 	}
 	for i := 0; i < len(paths) && err == nil; i++ {
 		err = db.applyLocked(paths[i], hdrs[i], posts[i])
@@ -145,15 +140,10 @@ func (db *DB) finishApply(ctx context.Context, gate Gate) error {
 		db.mu.Unlock()
 		return fmt.Errorf("finish applying ltx %s: %w", hdr.MaxTXID, err)
 	}
-	var (
-		unlock func() error
-		err    error
-	)
-	if gate != nil {
-		if unlock, err = gate.Lock(ctx, db.name, db.isWAL()); err != nil {
-			db.mu.Unlock()
-			return fmt.Errorf("keep readers out: %w", err)
-		}
+	unlock, err := db.lockGate(ctx, gate)
+	if err != nil {
+		db.mu.Unlock()
+		return err
 	}
 	want := db.log.Pos()
 	db.logger.Info("finishing the apply of an ltx file that an earlier apply could not write",
@@ -170,6 +160,17 @@ func (db *DB) finishApply(ctx context.Context, gate Gate) error {
 	}
 	db.mu.Unlock()
 	return db.reopenGate(gate, unlock, err)
+}
+
+// lockGate keeps connections out with gate, if set. db.mu held.
+func (db *DB) lockGate(ctx context.Context, gate Gate) (unlock func() error, err error) {
+	if gate == nil {
+		return nil, nil
+	}
+	if unlock, err = gate.Lock(ctx, db.name, db.isWAL()); err != nil {
+		return nil, fmt.Errorf("keep readers out: %w", err)
+	}
+	return unlock, nil
 }
 
 // reopenGate makes connections drop what they cached of the database and

@@ -491,16 +491,7 @@ func TestDisk_ReplicaFull(t *testing.T) {
 
 			// It caught up from the primary's log: one file per
 			// transaction, no snapshot, nothing moved aside.
-			ents, err := os.ReadDir(filepath.Join(r.DataDir, "dbs", "app.db", "ltx"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if txid := int(p.Pos("app.db").TXID); len(ents) != txid {
-				t.Errorf("replica log holds %d files, want one per transaction (%d): a snapshot replaced them", len(ents), txid)
-			}
-			if _, err := os.Stat(filepath.Join(r.DataDir, "aside")); !os.IsNotExist(err) {
-				t.Errorf("the replica moved data aside: %v", err)
-			}
+			checkCaughtUpFromLog(t, p, r)
 			if strings.Contains(p.Logs(), "sending a snapshot") {
 				t.Errorf("the primary sent a snapshot")
 			}
@@ -561,18 +552,26 @@ func TestDisk_ReplicaApplyRedo(t *testing.T) {
 			if !strings.Contains(r.Logs(), "finishing the apply") {
 				t.Errorf("the replica did not finish the transaction from its log:\n%s", r.Logs())
 			}
-			ents, err := os.ReadDir(filepath.Join(r.DataDir, "dbs", "app.db", "ltx"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if txid := int(p.Pos("app.db").TXID); len(ents) != txid {
-				t.Errorf("replica log holds %d files, want one per transaction (%d): a snapshot replaced them", len(ents), txid)
-			}
-			if _, err := os.Stat(filepath.Join(r.DataDir, "aside")); !os.IsNotExist(err) {
-				t.Errorf("the replica moved data aside: %v", err)
-			}
+			checkCaughtUpFromLog(t, p, r)
 			mustSQLite3(t, p.Path("app.db"), "INSERT INTO t VALUES (4, 'd');")
 			c.WaitConverged(t, "app.db")
 		})
+	}
+}
+
+// checkCaughtUpFromLog fails unless replica r holds one LTX file per
+// transaction of primary p (no snapshot replaced them) and moved nothing
+// aside.
+func checkCaughtUpFromLog(t *testing.T, p, r *Node) {
+	t.Helper()
+	ents, err := os.ReadDir(filepath.Join(r.DataDir, "dbs", "app.db", "ltx"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if txid := int(p.Pos("app.db").TXID); len(ents) != txid {
+		t.Errorf("replica log holds %d files, want one per transaction (%d): a snapshot replaced them", len(ents), txid)
+	}
+	if _, err := os.Stat(filepath.Join(r.DataDir, "aside")); !os.IsNotExist(err) {
+		t.Errorf("the replica moved data aside: %v", err)
 	}
 }
