@@ -410,7 +410,10 @@ func checkCleanStart(t testing.TB, n *Node) {
 
 // TestConsul_CrashFailover kills the primary under write load: a candidate
 // takes over within TTL + lock delay + 1s (asserted loosely, reported
-// exactly), and the others follow it.
+// exactly), and the others follow it. Replication is asynchronous, so the
+// killed primary's newest transactions may not have reached any replica:
+// when it restarts it either rejoins cleanly or keeps exactly that tail
+// aside, and only acknowledged writes in that tail may be lost.
 func TestConsul_CrashFailover(t *testing.T) {
 	c := startConsulCluster(t, 3)
 	w := startWriter(t, c, "db", "delete")
@@ -438,10 +441,10 @@ func TestConsul_CrashFailover(t *testing.T) {
 	}
 	c.WaitConverged(t, "db")
 
-	// The crashed node restarts as a replica, cleanly.
+	// The crashed node restarts as a replica.
 	p.Start()
 	c.WaitConverged(t, "db")
-	checkCleanStart(t, p)
+	t.Logf("crash failover: %s", checkFailover(t, c, p, np, "db", acks))
 }
 
 // TestConsul_ConsulDown kills Consul for longer than the TTL while writes
@@ -501,7 +504,6 @@ func TestConsul_RollingRestart(t *testing.T) {
 				t.Fatalf("%s exited with %v", n.Name, err)
 			}
 			n.Start()
-			checkCleanStart(t, n)
 			waitUntil(t, 20*time.Second, "writes to go on", func() bool { return len(w.Acks()) > before+10 })
 		}
 	}
@@ -509,6 +511,11 @@ func TestConsul_RollingRestart(t *testing.T) {
 	np := c.WaitPrimary(t, 10*time.Second)
 	checkNoneLost(t, np, "db", w.Acks())
 	c.WaitConverged(t, "db")
+	// Only now: a node finds out whether its history is the primary's
+	// once it has connected to it, after its start returned.
+	for _, n := range c.Nodes {
+		checkCleanStart(t, n)
+	}
 	t.Logf("rolling restart: %d rounds, %d writes acknowledged, %d failed attempts", rounds, len(w.Acks()), w.failures)
 }
 
