@@ -96,6 +96,7 @@ func (m *leaseManager) run(ctx context.Context) {
 			index, session = 0, ""
 			continue
 		}
+		sent := time.Now()
 		st, err := m.consul.Watch(ctx, index, m.interval)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -130,7 +131,11 @@ func (m *leaseManager) run(ctx context.Context) {
 				continue
 			}
 			m.follow(ctx, st.Primary)
-			if m.consul.Candidate && now.Sub(changed) > m.ttl {
+			// Silence is counted up to when this watch was sent, not when
+			// its answer came: an answer held up in the network (by a
+			// partition that has healed) tells nothing of the time it
+			// spent there, while the primary may have renewed all along.
+			if m.consul.Candidate && sent.Sub(changed) > m.ttl {
 				m.logger.Warn("the primary has not renewed its lease within the TTL; ending its session so that a candidate takes over",
 					slog.String("primary", st.Primary.Hostname), slog.Duration("ttl", m.ttl))
 				if err := m.consul.EndSession(ctx, st.Session); err != nil {
