@@ -42,11 +42,24 @@ func startConsulClusterWith(t testing.TB, n int, bin string) *ConsulCluster {
 	t.Helper()
 	c := &ConsulCluster{Consul: testconsul.Start(t)}
 	for i := 0; i < n; i++ {
-		node := NewNodeWith(t, NodeConfig{Name: fmt.Sprintf("node%d", i+1), Consul: c.Consul.URL(),
-			ConsulTTL: testTTL.String(), LockDelay: testLockDelay.String(), Lease: "  handoff-timeout: 3s\n"})
+		node := NewNodeWith(t, c.nodeConfig(fmt.Sprintf("node%d", i+1)))
 		node.Bin = bin
 		c.Nodes = append(c.Nodes, node)
 	}
+	c.start(t)
+	return c
+}
+
+// nodeConfig returns the configuration of a candidate in the cluster.
+func (c *ConsulCluster) nodeConfig(name string) NodeConfig {
+	return NodeConfig{Name: name, Consul: c.Consul.URL(), ConsulTTL: testTTL.String(),
+		LockDelay: testLockDelay.String(), Lease: "  handoff-timeout: 3s\n"}
+}
+
+// start starts the cluster's nodes and waits for a primary. Every running
+// node's invariants are checked at the end of the test.
+func (c *ConsulCluster) start(t testing.TB) {
+	t.Helper()
 	for _, node := range c.Nodes {
 		node.StartCmd()
 	}
@@ -68,7 +81,6 @@ func startConsulClusterWith(t testing.TB, n int, bin string) *ConsulCluster {
 			node.Kill()
 		}
 	})
-	return c
 }
 
 type apiInfo struct {
