@@ -114,6 +114,15 @@ func (m *leaseManager) run(ctx context.Context) {
 		if st.Index != index || st.Session != session {
 			changed = now
 		}
+		// The answer tells the key's state when Consul gave it, between
+		// sent and now. A prompt answer counts as of now; one held up in
+		// the network (by a partition that has healed) only as of when it
+		// was asked for: it tells nothing of the time it spent there,
+		// while the primary may have renewed all along.
+		seen := now
+		if now.Sub(sent) > 2*m.interval {
+			seen = sent
+		}
 		if st.Index < index { // Consul restarted with new state
 			st.Index = 0
 		}
@@ -131,11 +140,7 @@ func (m *leaseManager) run(ctx context.Context) {
 				continue
 			}
 			m.follow(ctx, st.Primary)
-			// Silence is counted up to when this watch was sent, not when
-			// its answer came: an answer held up in the network (by a
-			// partition that has healed) tells nothing of the time it
-			// spent there, while the primary may have renewed all along.
-			if m.consul.Candidate && sent.Sub(changed) > m.ttl {
+			if m.consul.Candidate && seen.Sub(changed) > m.ttl {
 				m.logger.Warn("the primary has not renewed its lease within the TTL; ending its session so that a candidate takes over",
 					slog.String("primary", st.Primary.Hostname), slog.Duration("ttl", m.ttl))
 				if err := m.consul.EndSession(ctx, st.Session); err != nil {
