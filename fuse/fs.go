@@ -225,9 +225,13 @@ func (n *node) realPath() string {
 	}
 }
 
-// handle is an open directory: its listing, fixed at open.
+// handle is an open directory or special file: its content, fixed at open.
 type handle struct {
 	dir []byte
+	// special is a special file's content as of its open: a reader that
+	// reads it in several calls must not get the start of one value and
+	// the end of the next.
+	special []byte
 }
 
 // Mount mounts the filesystem and serves it in the background. A stale

@@ -395,11 +395,12 @@ func (fs *FS) open(r *fuse.OpenRequest) {
 			return
 		}
 	}
-	flags := fuse.OpenKeepCache
 	if isSpecial(n.kind) {
-		flags = fuse.OpenDirectIO
+		id := fs.addHandle(&handle{special: []byte(fs.specialContent(n))})
+		r.Respond(&fuse.OpenResponse{Handle: id, Flags: fuse.OpenDirectIO})
+		return
 	}
-	r.Respond(&fuse.OpenResponse{Flags: flags})
+	r.Respond(&fuse.OpenResponse{Flags: fuse.OpenKeepCache})
 }
 
 // isSelf reports whether the thread that made a request belongs to this
@@ -466,7 +467,16 @@ func (fs *FS) create(r *fuse.CreateRequest) {
 		return
 	}
 	if (k == kindDB || k == kindJournal || k == kindSuperJournal) && !fs.Store.IsPrimary() {
-		r.RespondError(fs.errno("create "+r.Name, nil, replica.ErrReadOnly))
+		err := fs.errno("create "+r.Name, nil, replica.ErrReadOnly)
+		if k == kindJournal || k == kindSuperJournal {
+			// Only a connection opened while this node was the primary
+			// gets here (others opened the database read-only). SQLite
+			// reports a journal it may not create for lack of access as
+			// SQLITE_READONLY ("attempt to write a readonly database");
+			// EROFS would make it "unable to open database file".
+			err = fuse.Errno(syscall.EACCES)
+		}
+		r.RespondError(err)
 		return
 	}
 	fs.mu.Lock()
@@ -566,8 +576,12 @@ func (fs *FS) read(r *fuse.ReadRequest) {
 		return
 	}
 	if isSpecial(n.kind) {
+		content := []byte(fs.specialContent(n))
+		if h := fs.handleOf(r.Handle); h != nil && h.special != nil {
+			content = h.special
+		}
 		resp := &fuse.ReadResponse{Data: make([]byte, 0, r.Size)}
-		fuseutil.HandleRead(r, resp, []byte(fs.specialContent(n)))
+		fuseutil.HandleRead(r, resp, content)
 		r.Respond(resp)
 		return
 	}
@@ -686,7 +700,8 @@ func isJournalHeaderZeroed(p []byte, off int64) bool {
 }
 
 func (fs *FS) release(r *fuse.ReleaseRequest) {
-	// Directory handles hold their listing; created files hold nothing.
+	// Directory handles hold their listing, special files' handles their
+	// content; created files hold nothing.
 	fs.mu.Lock()
 	delete(fs.handles, r.Handle)
 	fs.mu.Unlock()

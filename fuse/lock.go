@@ -113,6 +113,26 @@ func (fs *FS) Invalidate(name string) error {
 			return fmt.Errorf("invalidate %s: %w", name, err)
 		}
 	}
+	// A journal the node removed underneath the mount (stepping down drops
+	// the journal of a transaction it refused or that had finished) must
+	// not keep its node and the kernel's entry: SQLite would open it
+	// read-only after its create was refused and write its journal header
+	// through that descriptor ("disk I/O error: bad file descriptor").
+	journal := name + "-journal"
+	stale := false
+	fs.mu.Lock()
+	if n := fs.names[journal]; n != nil {
+		if _, err := os.Lstat(n.realPath()); errors.Is(err, os.ErrNotExist) {
+			fs.unlink(journal)
+			stale = true
+		}
+	}
+	fs.mu.Unlock()
+	if stale {
+		if err := fs.conn.InvalidateEntry(fuse.RootID, journal); err != nil && !errors.Is(err, fuse.ErrNotCached) {
+			return fmt.Errorf("invalidate %s: %w", journal, err)
+		}
+	}
 	// Through the mount, so that connections' mappings of the index see
 	// it; with a raw descriptor, as in lockRange.
 	fd, err := unix.Open(filepath.Join(fs.Path, name+"-shm"), unix.O_RDWR|unix.O_CLOEXEC, 0)

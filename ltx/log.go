@@ -168,6 +168,15 @@ func (l *Log) Files() []FileInfo {
 // MinTXID is the log's TXID + 1 and its pre-apply checksum the log's
 // checksum (a snapshot, MinTXID 1, may start an empty log).
 func (l *Log) Append(hdr Header, pages []Page, post checksum.Checksum) error {
+	return l.AppendChecked(hdr, pages, post, nil)
+}
+
+// AppendChecked is Append, asking check (if not nil) once the file is
+// durable whether it may stay: if check returns an error, the file is
+// removed, the log stays where it was, and the error is returned. A crash
+// before the removal is durable leaves the file, as a crash leaves the
+// file of a commit that was not acknowledged yet.
+func (l *Log) AppendChecked(hdr Header, pages []Page, post checksum.Checksum, check func() error) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if hdr.MinTXID != l.pos.TXID+1 {
@@ -179,6 +188,14 @@ func (l *Log) Append(hdr Header, pages []Page, post checksum.Checksum) error {
 	path := l.Path(hdr.MinTXID, hdr.MaxTXID)
 	if err := WriteFile(path, hdr, pages, post); err != nil {
 		return fmt.Errorf("write ltx %s: %w", filepath.Base(path), err)
+	}
+	if check != nil {
+		if err := check(); err != nil {
+			if rerr := os.Remove(path); rerr != nil {
+				return fmt.Errorf("%w (and removing %s failed: %v)", err, filepath.Base(path), rerr)
+			}
+			return err
+		}
 	}
 	l.files = append(l.files, FileInfo{MinTXID: hdr.MinTXID, MaxTXID: hdr.MaxTXID, ModTime: time.Now()})
 	l.pos = Pos{TXID: hdr.MaxTXID, Checksum: post}

@@ -103,6 +103,50 @@ func TestLog_AppendReopen(t *testing.T) {
 	})
 }
 
+// TestLog_AppendChecked refuses a file once it is written (a commit refused
+// after its file was durable): the log stays where it was, on disk too.
+func TestLog_AppendChecked(t *testing.T) {
+	dir := t.TempDir()
+	l, err := ltx.OpenLog(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl := checksum.NewTable(512)
+	tbl.Set(1, page(1, 512))
+	snap := ltx.Header{PageSize: 512, Commit: 1, MinTXID: 1, MaxTXID: 1}
+	if err := l.AppendChecked(snap, []ltx.Page{{1, page(1, 512)}}, tbl.Sum(), func() error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	before := l.Pos()
+	tbl.Set(1, page(2, 512))
+	next := ltx.Header{PageSize: 512, Commit: 1, MinTXID: 2, MaxTXID: 2, PreApplyChecksum: before.Checksum}
+	refused := errors.New("refused")
+	checked := false
+	err = l.AppendChecked(next, []ltx.Page{{1, page(2, 512)}}, tbl.Sum(), func() error {
+		if _, err := os.Stat(l.Path(2, 2)); err != nil {
+			t.Errorf("the file is not written when check runs: %v", err)
+		}
+		checked = true
+		return refused
+	})
+	if !errors.Is(err, refused) || !checked {
+		t.Fatalf("AppendChecked: %v (checked %t), want the check's error", err, checked)
+	}
+	if l.Pos() != before || len(l.Files()) != 1 {
+		t.Fatalf("after a refused append: pos %v, %d files; want %v, 1", l.Pos(), len(l.Files()), before)
+	}
+	if _, err := os.Stat(l.Path(2, 2)); !os.IsNotExist(err) {
+		t.Fatalf("the refused file is still there: %v", err)
+	}
+	if l2, err := ltx.OpenLog(dir); err != nil || l2.Pos() != before {
+		t.Fatalf("reopened: %v %v", l2, err)
+	}
+	// The next commit continues from there.
+	if err := l.Append(next, []ltx.Page{{1, page(2, 512)}}, tbl.Sum()); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestParsePos(t *testing.T) {
 	p := ltx.Pos{TXID: 0x2a, Checksum: 0x8000000000000001}
 	got, err := ltx.ParsePos(p.String() + "\n")

@@ -161,8 +161,8 @@ func (db *DB) commitTxn(pageN uint32, written []uint32, read func(pgno uint32, b
 		return fmt.Errorf("database %q: a transaction emptied the database", db.name)
 	}
 
-	// The last moment a demoted or fenced primary can refuse: nothing is
-	// logged, so SQLite sees its commit fail, and the node rolls the
+	// A demoted or fenced primary refuses here, before any work: nothing
+	// is logged, so SQLite sees its commit fail, and the node rolls the
 	// transaction back when it steps down.
 	if db.canCommit != nil {
 		if err := db.canCommit(); err != nil {
@@ -181,7 +181,16 @@ func (db *DB) commitTxn(pageN uint32, written []uint32, read func(pgno uint32, b
 	if !snapshot {
 		hdr.PreApplyChecksum = db.pos.Checksum
 	}
-	if err := db.log.Append(hdr, pages, post); err != nil {
+	// The check is made again once the file is durable: the process may
+	// have been stopped since the check above (a frozen VM, SIGSTOP, a
+	// long pause) until its lease was gone and another node took over.
+	// Nothing was published yet, so the file is taken back and the
+	// commit refused like any other; only the few instructions from the
+	// check to the reply remain exposed to such a pause.
+	if err := db.log.AppendChecked(hdr, pages, post, db.canCommit); err != nil {
+		if errors.Is(err, ErrReadOnly) || errors.Is(err, ErrFenced) {
+			return err
+		}
 		return fmt.Errorf("commit txid %s: %w", txid, err)
 	}
 	db.chk.Apply(pageN, sums)

@@ -77,6 +77,8 @@ func runHelper(name string, _ []string) int {
 		return spillHang(db, os.Stdout)
 	case "spill-new-hang":
 		return spillNewHang(db, os.Stdout)
+	case "fault-writer":
+		return faultWriterHelper(db, args, os.Stdin, os.Stdout)
 	}
 	fmt.Fprintln(os.Stderr, "unknown helper", name)
 	return 2
@@ -201,5 +203,37 @@ func spillNewHang(db *sql.DB, w io.Writer) int {
 	}
 	fmt.Fprintln(w, "ready")
 	time.Sleep(time.Minute)
+	return 0
+}
+
+// faultWriterHelper inserts rows 1, 2, 3, ... into t, one per transaction, until
+// stdin closes or the duration passes, and never gives up: an attempt that
+// fails is reported and the next one takes the next id, so an id whose
+// write failed is never written again. For every attempt it prints
+// "ok|err ID START_NS END_NS [ERROR]", the wall-clock times (Unix
+// nanoseconds) it began and returned.
+func faultWriterHelper(db *sql.DB, args helperArgs, stdin io.Reader, w io.Writer) int {
+	stop := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(io.Discard, stdin)
+		close(stop)
+	}()
+	deadline := time.Now().Add(args.Duration)
+	for id := 1; time.Now().Before(deadline); id++ {
+		select {
+		case <-stop:
+			return 0
+		default:
+		}
+		start := time.Now()
+		_, err := db.Exec(`INSERT INTO t (id, node, pad) VALUES (?, 'writer', randomblob(100 + abs(random()) % 2000))`, id)
+		end := time.Now()
+		if err != nil {
+			fmt.Fprintf(w, "err %d %d %d %s\n", id, start.UnixNano(), end.UnixNano(), strings.ReplaceAll(err.Error(), "\n", " "))
+			time.Sleep(5 * time.Millisecond)
+			continue
+		}
+		fmt.Fprintf(w, "ok %d %d %d\n", id, start.UnixNano(), end.UnixNano())
+	}
 	return 0
 }

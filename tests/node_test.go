@@ -34,6 +34,10 @@ type Node struct {
 	HTTPAddr   string
 	Bin        string   // litefs binary; litefsBin by default
 	Env        []string // more environment for the next start, e.g. LITEFS_FAILPOINT
+	// NetNS, if set, names a network namespace (under /run/netns) that
+	// litefs runs in. Only the network namespace changes: the mount is
+	// made in, and seen from, the test's own mount namespace.
+	NetNS string
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -56,6 +60,10 @@ type NodeConfig struct {
 	ConsulTTL, LockDelay string
 	// Lease is more YAML inside the lease section.
 	Lease string
+	// HTTPAddr is http.addr; a free loopback port if empty.
+	HTTPAddr string
+	// NetNS is the network namespace litefs runs in (see Node.NetNS).
+	NetNS string
 }
 
 // NewNode prepares a primary with a config file; extra YAML is appended.
@@ -71,7 +79,10 @@ func NewNodeWith(t testing.TB, cfg NodeConfig) *Node {
 	dir := t.TempDir()
 	n := &Node{t: t, Name: cfg.Name, Dir: dir, MountDir: filepath.Join(dir, "mnt"),
 		DataDir: filepath.Join(dir, "data"), ConfigPath: filepath.Join(dir, "litefs.yml"), Bin: litefsBin,
-		HTTPAddr: freeAddr(t)}
+		HTTPAddr: cfg.HTTPAddr, NetNS: cfg.NetNS}
+	if n.HTTPAddr == "" {
+		n.HTTPAddr = freeAddr(t)
+	}
 	data := ""
 	if cfg.Retention != "" {
 		data = fmt.Sprintf("  retention: %s\n  retention-monitor-interval: 100ms\n", cfg.Retention)
@@ -131,6 +142,13 @@ func (n *Node) StartCmd() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	cmd := exec.Command(n.Bin, "mount", "-config", n.ConfigPath)
+	if n.NetNS != "" {
+		// nsenter enters the network namespace only and then executes
+		// litefs, so the process is litefs itself (signals reach it).
+		// ip netns exec would also make a mount namespace of its own,
+		// hiding the FUSE mount from everyone else.
+		cmd = exec.Command("nsenter", "--net=/run/netns/"+n.NetNS, "--", n.Bin, "mount", "-config", n.ConfigPath)
+	}
 	cmd.Env = append(os.Environ(), n.Env...)
 	cmd.Stdout, cmd.Stderr = &lockedWriter{n: n}, &lockedWriter{n: n}
 	if err := cmd.Start(); err != nil {

@@ -96,6 +96,7 @@ func (m *leaseManager) run(ctx context.Context) {
 			index, session = 0, ""
 			continue
 		}
+		sent := time.Now()
 		st, err := m.consul.Watch(ctx, index, m.interval)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -112,6 +113,15 @@ func (m *leaseManager) run(ctx context.Context) {
 		now := time.Now()
 		if st.Index != index || st.Session != session {
 			changed = now
+		}
+		// The answer tells the key's state when Consul gave it, between
+		// sent and now. A prompt answer counts as of now; one held up in
+		// the network (by a partition that has healed) only as of when it
+		// was asked for: it tells nothing of the time it spent there,
+		// while the primary may have renewed all along.
+		seen := now
+		if now.Sub(sent) > 2*m.interval {
+			seen = sent
 		}
 		if st.Index < index { // Consul restarted with new state
 			st.Index = 0
@@ -130,7 +140,7 @@ func (m *leaseManager) run(ctx context.Context) {
 				continue
 			}
 			m.follow(ctx, st.Primary)
-			if m.consul.Candidate && now.Sub(changed) > m.ttl {
+			if m.consul.Candidate && seen.Sub(changed) > m.ttl {
 				m.logger.Warn("the primary has not renewed its lease within the TTL; ending its session so that a candidate takes over",
 					slog.String("primary", st.Primary.Hostname), slog.Duration("ttl", m.ttl))
 				if err := m.consul.EndSession(ctx, st.Session); err != nil {

@@ -50,9 +50,9 @@ func Binary(t testing.TB) string {
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
-func freePort(t testing.TB) int {
+func freePort(t testing.TB, ip string) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,19 +60,27 @@ func freePort(t testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// Start runs an agent and returns once it has a leader. It is stopped at
-// the end of the test.
+// Start runs an agent on loopback and returns once it has a leader. It is
+// stopped at the end of the test.
 func Start(t testing.TB) *Agent {
 	t.Helper()
-	httpPort := freePort(t)
+	return StartOn(t, "127.0.0.1")
+}
+
+// StartOn runs an agent that binds and serves HTTP on the IPv4 address ip
+// (an address of this network namespace, such as a test bridge's), and
+// returns once it has a leader. It is stopped at the end of the test.
+func StartOn(t testing.TB, ip string) *Agent {
+	t.Helper()
+	httpPort := freePort(t, ip)
 	a := &Agent{
 		t:    t,
 		bin:  Binary(t),
-		Addr: fmt.Sprintf("127.0.0.1:%d", httpPort),
-		args: []string{"agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1",
+		Addr: net.JoinHostPort(ip, fmt.Sprint(httpPort)),
+		args: []string{"agent", "-dev", "-bind=" + ip, "-client=" + ip,
 			fmt.Sprintf("-http-port=%d", httpPort), "-dns-port=-1", "-grpc-port=-1", "-grpc-tls-port=-1",
-			fmt.Sprintf("-serf-lan-port=%d", freePort(t)), fmt.Sprintf("-serf-wan-port=%d", freePort(t)),
-			fmt.Sprintf("-server-port=%d", freePort(t)), "-log-level=warn"},
+			fmt.Sprintf("-serf-lan-port=%d", freePort(t, ip)), fmt.Sprintf("-serf-wan-port=%d", freePort(t, ip)),
+			fmt.Sprintf("-server-port=%d", freePort(t, ip)), "-log-level=warn"},
 	}
 	t.Cleanup(a.Stop)
 	a.Restart()
