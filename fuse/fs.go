@@ -48,7 +48,9 @@ type FS struct {
 	// Logger receives the filesystem's logs.
 	Logger *slog.Logger
 	// Failpoint, if set, is called after each step of a commit that crash
-	// tests stop at, with the step and the process that made the request:
+	// tests stop at, once the step is on disk and before SQLite hears of
+	// it (so the process cannot go on to the next step first), with the
+	// step and the process that made the request:
 	// FailpointSuperJournalCreated, FailpointSuperJournalRemoved,
 	// FailpointJournalFinalized.
 	Failpoint func(step string, pid uint32)

@@ -507,13 +507,13 @@ func (fs *FS) create(r *fuse.CreateRequest) {
 	fs.mu.Lock()
 	n.nlookup++
 	fs.mu.Unlock()
+	if k == kindSuperJournal {
+		fs.failpoint(FailpointSuperJournalCreated, r.Pid)
+	}
 	r.Respond(&fuse.CreateResponse{
 		LookupResponse: fuse.LookupResponse{Node: n.id, EntryValid: fs.CacheTTL, Attr: a},
 		OpenResponse:   fuse.OpenResponse{Flags: fuse.OpenKeepCache},
 	})
-	if k == kindSuperJournal {
-		fs.failpoint(FailpointSuperJournalCreated, r.Pid)
-	}
 }
 
 // createNode creates a database, or a companion file of an existing one.
@@ -797,11 +797,11 @@ func (fs *FS) remove(r *fuse.RemoveRequest) {
 		}
 	case kindJournal: // DELETE mode ends a transaction this way
 		if err = n.db.CommitJournal(func() error { return os.Remove(n.realPath()) }); err == nil {
-			defer fs.failpoint(FailpointJournalFinalized, r.Pid)
+			fs.failpoint(FailpointJournalFinalized, r.Pid)
 		}
 	case kindSuperJournal:
 		if err = os.Remove(n.realPath()); err == nil {
-			defer fs.failpoint(FailpointSuperJournalRemoved, r.Pid)
+			fs.failpoint(FailpointSuperJournalRemoved, r.Pid)
 		}
 	case kindWAL:
 		if err = os.Remove(n.realPath()); err == nil {
