@@ -3,6 +3,7 @@ package replica
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -120,6 +121,11 @@ func (db *DB) recover(live bool) error {
 		// has the page size, and rolls it back below.
 		if j, jerr := readHotJournal(db.path(JournalFile), 0); jerr == nil && j != nil {
 			pageSize, err = j.pageSize, nil
+		} else if jerr == nil && db.zeroFilled() {
+			// Extended (ftruncate, a chunk size) before any page was
+			// committed: nothing is lost by making it empty again.
+			db.logger.Info("database with no transaction holds only zero bytes; making it empty again", slog.String(LogKeyPath, db.Path()))
+			err = db.f.Truncate(0)
 		}
 	}
 	if err != nil {
@@ -400,6 +406,20 @@ func (db *DB) close() error {
 		return err
 	}
 	return nil
+}
+
+// zeroFilled reports whether the database file holds only zero bytes.
+func (db *DB) zeroFilled() bool {
+	buf := make([]byte, 64<<10)
+	for off := int64(0); ; off += int64(len(buf)) {
+		n, err := db.f.ReadAt(buf, off)
+		if !isZero(buf[:n]) {
+			return false
+		}
+		if err != nil {
+			return errors.Is(err, io.EOF)
+		}
+	}
 }
 
 func isZero(p []byte) bool {

@@ -352,6 +352,35 @@ func TestSQLite_SmallThings(t *testing.T) {
 			t.Errorf("app.db-pos by name: %s", pos)
 		}
 	})
+	t.Run("TruncateEmpty", func(t *testing.T) {
+		// An empty database extended by ftruncate is accepted; with no
+		// transaction in it, a restart makes it empty again, and SQLite
+		// then uses it as a new database.
+		path := n.Path("grown.db")
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		refusals := strings.Count(n.Logs(), "refused")
+		if err := os.Truncate(path, 64<<10); err != nil {
+			t.Fatalf("ftruncate of an empty database: %v", err)
+		}
+		if strings.Count(n.Logs(), "refused") != refusals {
+			t.Errorf("a refusal was logged:\n%s", n.Logs())
+		}
+		n.Restart()
+		if !strings.Contains(n.Logs(), "making it empty again") {
+			t.Errorf("no log line about making grown.db empty again:\n%s", n.Logs())
+		}
+		if fi, err := os.Stat(path); err != nil || fi.Size() != 0 {
+			t.Fatalf("after restart: %v, %v; want an empty database", fi, err)
+		}
+		mustSQLite3(t, path, "CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+		if got := mustSQLite3(t, path, "PRAGMA integrity_check; SELECT x FROM t"); got != "ok\n1" {
+			t.Fatalf("grown.db: %q", got)
+		}
+	})
 	t.Run("ChunkSize", func(t *testing.T) {
 		path := n.Path("chunked.db")
 		refusals := strings.Count(n.Logs(), "refused")
