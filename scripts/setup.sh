@@ -5,6 +5,10 @@ set -euo pipefail
 need_pkgs=()
 command -v fusermount3 >/dev/null 2>&1 || need_pkgs+=(fuse3)
 command -v sqlite3 >/dev/null 2>&1 || need_pkgs+=(sqlite3)
+# The fault tests make network namespaces (ip netns, veth, a bridge) and
+# run nodes in them with nsenter.
+command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
+command -v nsenter >/dev/null 2>&1 || need_pkgs+=(util-linux)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
 	echo "setup: installing ${need_pkgs[*]}" >&2
 	sudo=""
