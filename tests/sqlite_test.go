@@ -160,9 +160,11 @@ func TestSQLite_AttachCrash(t *testing.T) {
 					// Past the commit point SQLite ignores errors finalizing
 					// journals, so COMMIT may even return success.
 					out, err := sqlite3(t, a, fmt.Sprintf("ATTACH '%s' AS b; BEGIN; INSERT INTO main.t VALUES (2); INSERT INTO b.t VALUES (2); COMMIT;", b))
-					if !strings.Contains(n.Logs(), "failpoint reached") {
-						t.Fatalf("failpoint not reached (sqlite3: %v: %s):\n%s", err, out, n.Logs())
-					}
+					// The log line travels through a pipe: it may arrive
+					// after the writer is seen gone.
+					waitUntil(t, 5*time.Second, fmt.Sprintf("the failpoint (sqlite3: %v: %s)", err, out), func() bool {
+						return strings.Contains(n.Logs(), "failpoint reached")
+					})
 					if action == "kill-writer" && err == nil {
 						t.Fatalf("the writer survived: %s", out)
 					}
