@@ -3,7 +3,6 @@ package lease
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -17,13 +16,6 @@ const (
 	DefaultConsulTTL       = 10 * time.Second
 	DefaultConsulLockDelay = 1 * time.Second
 )
-
-// ErrPrimaryExists is returned by Acquire when another node holds the lease.
-var ErrPrimaryExists = errors.New("another node holds the primary lease")
-
-// ErrLeaseLost is returned by Renew when the lease is gone (expired or
-// taken); the node must stop writing.
-var ErrLeaseLost = errors.New("primary lease lost")
 
 // Consul hands out the primary lease as a Consul key held by a session:
 // the holder's session has a TTL it must renew, and when the session ends
@@ -58,6 +50,14 @@ func NewConsul(url string) *Consul {
 
 // Type returns "consul".
 func (c *Consul) Type() string { return "consul" }
+
+// Self returns this node.
+func (c *Consul) Self() Node {
+	return Node{Hostname: c.Hostname, AdvertiseURL: c.AdvertiseURL, Candidate: c.Candidate}
+}
+
+// Expiry returns the TTL.
+func (c *Consul) Expiry() time.Duration { return c.TTL }
 
 func (c *Consul) api() (*api.Client, error) {
 	c.once.Do(func() {
@@ -140,14 +140,6 @@ type consulValue struct {
 	HandoffTo string `json:"handoff-to,omitempty"`
 }
 
-// State is what a node sees of the lease key.
-type State struct {
-	Primary   PrimaryInfo // the holder; empty when Session is ""
-	Session   string      // the holder's session, "" when the key is free
-	HandoffTo string      // on a free key: the candidate it was handed to
-	Index     uint64      // Consul's index of the key, for the next Watch
-}
-
 // Watch returns the lease key's state once its index passes index (a
 // blocking query), or after wait. Every renewal of the holder changes the
 // index.
@@ -191,15 +183,6 @@ func (c *Consul) EndSession(ctx context.Context, session string) error {
 		return fmt.Errorf("end session %s: %w", session, err)
 	}
 	return nil
-}
-
-// Candidate is an entry of the candidate registry: a candidate's position,
-// published while the cluster elects a primary.
-type Candidate struct {
-	Hostname     string            `json:"hostname"`
-	AdvertiseURL string            `json:"advertise-url"`
-	TXIDs        map[string]uint64 `json:"txids"` // database -> TXID
-	TimeMS       int64             `json:"time-ms"`
 }
 
 // candidatesPrefix is where candidates publish their positions.
@@ -252,30 +235,6 @@ func (c *Consul) Candidates(ctx context.Context, since time.Time) ([]Candidate, 
 	}
 	return a, nil
 }
-
-// Ahead reports whether a has every database at least as far as b, and
-// one further: then b must not become primary while a can.
-func Ahead(a, b map[string]uint64) bool {
-	further := false
-	for name, tb := range b {
-		ta := a[name]
-		if ta < tb {
-			return false
-		}
-		if ta > tb {
-			further = true
-		}
-	}
-	for name, ta := range a {
-		if _, ok := b[name]; !ok && ta > 0 {
-			further = true
-		}
-	}
-	return further
-}
-
-// ErrNoPrimary is returned by PrimaryInfo when no node holds the lease.
-var ErrNoPrimary = errors.New("no primary")
 
 type consulLease struct {
 	c       *Consul

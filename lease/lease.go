@@ -1,5 +1,7 @@
 // Package lease decides which node is the primary. A Leaser hands out the
-// primary lease; Static is the embedded default that needs no server.
+// primary lease: Static is the embedded default that needs no server,
+// Consul keeps it in a Consul key, and Memory is an in-process store with
+// Consul's semantics for tests and fuzzing.
 package lease
 
 import (
@@ -12,6 +14,14 @@ var (
 	// ErrNotCandidate is returned by Acquire on a node that may not become
 	// primary (lease.candidate is false).
 	ErrNotCandidate = errors.New("node is not a candidate for primary")
+	// ErrPrimaryExists is returned by Acquire when another node holds the
+	// lease (or a released lease's lock delay has not passed).
+	ErrPrimaryExists = errors.New("another node holds the primary lease")
+	// ErrLeaseLost is returned by Renew when the lease is gone (expired or
+	// taken); the node must stop writing.
+	ErrLeaseLost = errors.New("primary lease lost")
+	// ErrNoPrimary is returned by PrimaryInfo when no node holds the lease.
+	ErrNoPrimary = errors.New("no primary")
 )
 
 // PrimaryInfo says who the primary is.
@@ -20,15 +30,56 @@ type PrimaryInfo struct {
 	AdvertiseURL string // API URL of the primary
 }
 
-// Leaser hands out the primary lease.
+// Node is how a node presents itself to the lease.
+type Node struct {
+	Hostname     string // lease.hostname
+	AdvertiseURL string // this node's API URL; "" if it has none to offer
+	Candidate    bool   // whether it may become primary
+}
+
+// State is what a node sees of the lease.
+type State struct {
+	Primary   PrimaryInfo // the holder; empty when Session is ""
+	Session   string      // the holder's session, "" when the lease is free
+	HandoffTo string      // on a free lease: the candidate it was handed to
+	Index     uint64      // the lease's version, for the next Watch
+}
+
+// Candidate is an entry of the candidate registry: a candidate's position,
+// published while the cluster elects a primary.
+type Candidate struct {
+	Hostname     string            `json:"hostname"`
+	AdvertiseURL string            `json:"advertise-url"`
+	TXIDs        map[string]uint64 `json:"txids"` // database -> TXID
+	TimeMS       int64             `json:"time-ms"`
+}
+
+// Leaser hands out the primary lease. The node's role manager
+// (replica.Role) is written against it, so every lease takes the same
+// path: watch, elect, acquire, renew, hand off.
 type Leaser interface {
 	// Type returns the lease type as the config spells it.
 	Type() string
-	// Acquire makes this node primary and returns its lease, or returns
-	// ErrNotCandidate.
+	// Self returns this node as the lease knows it.
+	Self() Node
+	// Expiry returns how long the lease lasts without a renewal; zero
+	// means it never expires (and so is never contested).
+	Expiry() time.Duration
+	// Acquire makes this node primary and returns its lease. It returns
+	// ErrNotCandidate on a non-candidate and ErrPrimaryExists when the
+	// lease is held or not yet free.
 	Acquire(ctx context.Context) (Lease, error)
-	// PrimaryInfo returns the current primary.
-	PrimaryInfo(ctx context.Context) (PrimaryInfo, error)
+	// Watch returns the lease's state once its index passes index, or
+	// after wait. Every renewal of the holder changes the index.
+	Watch(ctx context.Context, index uint64, wait time.Duration) (State, error)
+	// EndSession ends another holder's session: a candidate does this
+	// when the holder has not renewed within the expiry.
+	EndSession(ctx context.Context, session string) error
+	// Publish records this node's positions for the election; Unpublish
+	// removes them; Candidates returns those published since a time.
+	Publish(ctx context.Context, txids map[string]uint64) error
+	Unpublish(ctx context.Context) error
+	Candidates(ctx context.Context, since time.Time) ([]Candidate, error)
 }
 
 // Lease is a held primary lease.
@@ -44,35 +95,23 @@ type Lease interface {
 	Handoff(to string) error
 }
 
-// Static is a fixed primary: the node with Candidate set is the primary and
-// its lease never expires; other nodes follow AdvertiseURL.
-type Static struct {
-	Candidate    bool   // this node is the primary
-	Hostname     string // the primary's hostname
-	AdvertiseURL string // the primary's API URL
-}
-
-var _ Leaser = (*Static)(nil)
-
-// Type returns "static".
-func (s *Static) Type() string { return "static" }
-
-// Acquire returns a lease that never expires if s is the candidate.
-func (s *Static) Acquire(ctx context.Context) (Lease, error) {
-	if !s.Candidate {
-		return nil, ErrNotCandidate
+// Ahead reports whether a has every database at least as far as b, and
+// one further: then b must not become primary while a can.
+func Ahead(a, b map[string]uint64) bool {
+	further := false
+	for name, tb := range b {
+		ta := a[name]
+		if ta < tb {
+			return false
+		}
+		if ta > tb {
+			further = true
+		}
 	}
-	return staticLease{}, nil
+	for name, ta := range a {
+		if _, ok := b[name]; !ok && ta > 0 {
+			further = true
+		}
+	}
+	return further
 }
-
-// PrimaryInfo returns the configured primary.
-func (s *Static) PrimaryInfo(ctx context.Context) (PrimaryInfo, error) {
-	return PrimaryInfo{Hostname: s.Hostname, AdvertiseURL: s.AdvertiseURL}, nil
-}
-
-type staticLease struct{}
-
-func (staticLease) Renew(ctx context.Context) error { return nil }
-func (staticLease) Deadline() time.Time             { return time.Time{} }
-func (staticLease) Close() error                    { return nil }
-func (staticLease) Handoff(to string) error         { return errors.New("a static lease cannot be handed off") }

@@ -45,6 +45,7 @@ import (
 	"time"
 
 	"github.com/litefs-project/litefs/checksum"
+	"github.com/litefs-project/litefs/lease"
 	"github.com/litefs-project/litefs/ltx"
 )
 
@@ -152,6 +153,11 @@ type fzNode struct {
 	// starts the WAL over with new salts.
 	walBackfill int64
 	errs        []string // failures reported through Store.OnError
+	// role manages the node's role on the harness's in-memory lease: the
+	// real election, handoff and step-down code. A restart or a crash
+	// starts a new one, as a new process would.
+	role *Role
+	gate *fzNodeGate
 }
 
 type fzHarness struct {
@@ -163,6 +169,7 @@ type fzHarness struct {
 
 	nodes   [fzNodes]*fzNode
 	primary int
+	lease   *lease.Memory
 	ps      map[string]uint32 // page size of each database
 
 	// The model: the content of each database at every position
@@ -194,6 +201,7 @@ func newFzHarness(t *testing.T, data []byte) *fzHarness {
 		acked:  map[string]ltx.Pos{},
 
 		verified: map[string]*ltx.Decoded{},
+		lease:    lease.NewMemory(),
 	}
 	// Mostly small pages; now and then the largest.
 	sizes := [8]uint32{1024, 4096, 512, 1024, 4096, 512, 4096, 65536}
@@ -287,6 +295,61 @@ func (h *fzHarness) open(i int) {
 		h.fatalf("open node %d (primary %v): %v", i, i == h.primary, err)
 	}
 	n.store, n.walBackfill = s, 0
+	n.gate = &fzNodeGate{}
+	self := lease.Node{Hostname: fzNodeName(i), AdvertiseURL: fmt.Sprint(i), Candidate: true}
+	// The lease lasts an hour, so that fences never pass by themselves
+	// here; renewals are tried every millisecond.
+	n.role = NewRole(h.lease.Leaser(self, time.Hour, 0), s, n.gate, &fzCluster{h: h})
+	n.role.interval, n.role.HandoffTimeout = time.Millisecond, 5*time.Second
+	if i == h.primary {
+		// A restarted primary ends its previous run's session and takes
+		// the lease again.
+		h.lease.End()
+		if err := h.lease.Offer(self.Hostname); err != nil {
+			h.fatalf("offer the lease to node %d: %v", i, err)
+		}
+		h.stepUntilPrimary(i)
+	}
+}
+
+func fzNodeName(i int) string { return fmt.Sprintf("node%d", i) }
+
+// stepUntilPrimary runs node i's role until it holds the lease it was
+// offered.
+func (h *fzHarness) stepUntilPrimary(i int) {
+	r := h.nodes[i].role
+	ctx, cancel := context.WithTimeout(h.ctx, 5*time.Second)
+	defer cancel()
+	for ctx.Err() == nil && !r.IsPrimary() {
+		r.Step(ctx)
+	}
+	if !r.IsPrimary() {
+		h.fatalf("node %d did not take the lease offered to it", i)
+	}
+	if !h.nodes[i].store.IsPrimary() {
+		h.fatalf("node %d holds the lease but its store is not the primary", i)
+	}
+}
+
+// takeOver makes node t the primary without a handoff: the old primary's
+// session ends (as when it stops renewing), the lease goes to t. Unless
+// the old primary crashed, its role sees the lease lost and steps down.
+func (h *fzHarness) takeOver(old, t int, crashed bool) {
+	h.lease.End()
+	if !crashed {
+		r := h.nodes[old].role
+		ctx, cancel := context.WithTimeout(h.ctx, 5*time.Second)
+		r.Step(ctx) // renews, finds the lease lost, steps down
+		cancel()
+		if r.IsPrimary() || h.nodes[old].store.IsPrimary() {
+			h.fatalf("node %d did not step down when its lease was lost", old)
+		}
+	}
+	h.primary = t
+	if err := h.lease.Offer(fzNodeName(t)); err != nil {
+		h.fatalf("offer the lease to node %d: %v", t, err)
+	}
+	h.stepUntilPrimary(t)
 }
 
 // reopen closes node i's store and opens a new one on the same directory.
@@ -1398,51 +1461,12 @@ func (h *fzHarness) replicate(r, limit int) {
 		}
 		diverged := from.TXID > 0 && !h.isAncestor(name, from, cur)
 
-		files := pdb.Log().Files()
-		snapshot, divergent, cannotTell := false, false, false
-		switch {
-		case from.TXID == 0:
-			snapshot = true
-		case from.TXID > cur.TXID:
-			snapshot, divergent = true, true
-		default:
-			want, found := cur.Checksum, from.TXID == cur.TXID
-			for _, f := range files {
-				if f.MaxTXID == from.TXID {
-					sum, err := ltx.ReadTrailer(pdb.Log().Path(f.MinTXID, f.MaxTXID))
-					if err != nil {
-						h.fatalf("read trailer: %v", err)
-					}
-					want, found = sum, true
-				}
-			}
-			if !found {
-				snapshot, divergent, cannotTell = true, true, true // the log cannot tell: kept aside
-			} else if want != from.Checksum {
-				snapshot, divergent = true, true
-			}
+		// What to send is the stream's own decision.
+		plan, err := planSend(pdb, from)
+		if err != nil {
+			h.fatalf("plan what to send node %d for %q at %s: %v", r, name, from, err)
 		}
-		var send []ltx.FileInfo
-		if !snapshot {
-			next := from.TXID + 1
-			for _, f := range files {
-				if f.MaxTXID < next {
-					continue
-				}
-				if f.MaxTXID > cur.TXID {
-					break // logged, not yet published
-				}
-				if f.MinTXID != next {
-					snapshot = true
-					break
-				}
-				send = append(send, f)
-				next = f.MaxTXID + 1
-			}
-			if next <= cur.TXID {
-				snapshot = true
-			}
-		}
+		snapshot, divergent, cannotTell, send := plan.snapshot, plan.divergent, plan.unknown, plan.files
 
 		if !snapshot && h.badFiles {
 			h.badFiles = false
@@ -1637,6 +1661,81 @@ func (g *fzGate) Lock(ctx context.Context, db string, wal bool) (func() error, e
 func (g *fzGate) Invalidate(db string) error { return nil }
 func (g *fzGate) Forget(db string) error     { return nil }
 
+// fzNodeGate is a node's mount as its role sees it: nothing to wait for,
+// except a transaction in flight during a handoff (inflight).
+type fzNodeGate struct {
+	inflight *fzGate
+}
+
+func (g *fzNodeGate) Lock(ctx context.Context, db string, wal bool) (func() error, error) {
+	if g.inflight != nil {
+		return g.inflight.Lock(ctx, db, wal)
+	}
+	return func() error { return nil }, nil
+}
+
+func (g *fzNodeGate) Invalidate(db string) error { return nil }
+func (g *fzNodeGate) Forget(db string) error     { return nil }
+
+func (g *fzNodeGate) LockWrites(ctx context.Context, db string) (func() error, error) {
+	return func() error { return nil }, nil
+}
+
+// fzCluster is the network as the roles see it: every node but the
+// primary is a connected candidate, and waiting for one to catch up is
+// replicating to it.
+type fzCluster struct{ h *fzHarness }
+
+func (c *fzCluster) Follow(ctx context.Context, p lease.PrimaryInfo) func() { return func() {} }
+
+func (c *fzCluster) Connected() []ReplicaInfo {
+	var a []ReplicaInfo
+	for i := range c.h.nodes {
+		if i != c.h.primary {
+			a = append(a, ReplicaInfo{Node: fzNodeName(i), AdvertiseURL: fmt.Sprint(i), Candidate: true})
+		}
+	}
+	return a
+}
+
+func (c *fzCluster) node(url string) (int, error) {
+	for i := range c.h.nodes {
+		if fmt.Sprint(i) == url {
+			return i, nil
+		}
+	}
+	return 0, fmt.Errorf("no node at %q", url)
+}
+
+func (c *fzCluster) Info(ctx context.Context, url string) (NodeInfo, error) {
+	i, err := c.node(url)
+	if err != nil {
+		return NodeInfo{}, err
+	}
+	info := NodeInfo{Node: fzNodeName(i), Primary: i == c.h.primary, Positions: map[string]string{}}
+	for name, pos := range c.h.positions(i) {
+		info.Positions[name] = pos.String()
+	}
+	return info, nil
+}
+
+func (c *fzCluster) WaitPositions(ctx context.Context, url string, want map[string]ltx.Pos) (NodeInfo, error) {
+	i, err := c.node(url)
+	if err != nil {
+		return NodeInfo{}, err
+	}
+	c.h.replicate(i, -1)
+	info, err := c.Info(ctx, url)
+	if err == nil && !info.Has(want) {
+		err = fmt.Errorf("node %d is at %v after replication, want %v", i, info.Positions, want)
+	}
+	return info, err
+}
+
+func (c *fzCluster) Handoff(ctx context.Context, url, to string) (HandoffResult, error) {
+	return HandoffResult{}, errors.New("lease.promote is not fuzzed")
+}
+
 // fzInflight is a transaction under way on the primary when it hands off.
 type fzInflight struct {
 	txn     *fzTxn
@@ -1666,9 +1765,8 @@ func (h *fzHarness) handoff(t int, begin func() *fzInflight) {
 	if begin != nil {
 		in = begin()
 	}
-	var gate Gate
 	if in != nil && in.gate != nil {
-		gate = in.gate
+		h.nodes[old].gate.inflight = in.gate
 		// Lock is told the mode of each database with a committed
 		// transaction (a first transaction is in rollback mode even in
 		// the WAL database).
@@ -1682,8 +1780,34 @@ func (h *fzHarness) handoff(t int, begin func() *fzInflight) {
 	if in != nil && in.before != nil {
 		in.before()
 	}
-	if err := olds.Demote(h.ctx, gate); err != nil {
-		h.fatalf("demote node %d: %v", old, err)
+	// The real handoff: the old primary's role stops writes, waits for
+	// the target to catch up (the harness replicates: see fzCluster),
+	// fences, releases the lease for the target and steps down; the
+	// target's role, run alongside, takes the lease.
+	ctx, cancel := context.WithTimeout(h.ctx, 10*time.Second)
+	defer cancel()
+	tr := h.nodes[t].role
+	took := make(chan struct{})
+	go func() {
+		defer close(took)
+		for ctx.Err() == nil && !tr.IsPrimary() {
+			tr.Step(ctx)
+		}
+	}()
+	res, err := h.nodes[old].role.Handoff(ctx, fzNodeName(t))
+	<-took
+	h.nodes[old].gate.inflight = nil
+	if err != nil {
+		h.fatalf("handoff from node %d to node %d: %v", old, t, err)
+	}
+	if res.From != fzNodeName(old) || res.To != fzNodeName(t) {
+		h.fatalf("handoff from node %d to node %d reported %+v", old, t, res)
+	}
+	if h.nodes[old].role.IsPrimary() || olds.IsPrimary() {
+		h.fatalf("node %d is still the primary after handing off", old)
+	}
+	if !tr.IsPrimary() || !ts.IsPrimary() {
+		h.fatalf("node %d did not take the lease handed to it", t)
 	}
 	if in != nil {
 		if in.gate != nil {
@@ -1718,7 +1842,6 @@ func (h *fzHarness) handoff(t int, begin func() *fzInflight) {
 		}
 		h.expectPos(db, pos, fmt.Sprintf("demote of node %d", old))
 	}
-	ts.Promote(time.Time{})
 	h.primary = t
 	for name, pos := range acked {
 		if pos.TXID == 0 {
@@ -1840,16 +1963,13 @@ func (h *fzHarness) opFailover() {
 	old, t := h.primary, h.pickReplica(o)
 	if o&0x10 != 0 {
 		h.tracef("failover from node %d to node %d: the old primary steps down", old, t)
-		if err := h.nodes[old].store.Demote(h.ctx, nil); err != nil {
-			h.fatalf("demote node %d: %v", old, err)
-		}
-		h.primary = t
+		h.takeOver(old, t, false)
 	} else {
 		h.tracef("failover from node %d to node %d: the old primary crashed and restarts as a replica", old, t)
 		h.primary = t
 		h.reopen(old)
+		h.takeOver(old, t, true)
 	}
-	h.nodes[t].store.Promote(time.Time{})
 	h.failovers++
 	h.acked = h.positions(t)
 }
@@ -2005,7 +2125,7 @@ func (h *fzHarness) crashPrimary(v byte) {
 		h.tracef("crash the primary (node %d): %s; it comes back as a replica, node %d took over", i, what, t)
 		h.primary = t
 		h.reopen(i)
-		h.nodes[t].store.Promote(time.Time{})
+		h.takeOver(i, t, true)
 		h.failovers++
 		h.acked = h.positions(t)
 	} else {

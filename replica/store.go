@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -61,14 +62,17 @@ type Store struct {
 	dbs map[string]*DB
 
 	// The node's role and, on a replica, what it knows of the primary.
-	roleMu      sync.Mutex
-	primary     bool
-	primaryHost string             // hostname of the primary while connected; "" otherwise
-	primaryPos  map[string]ltx.Pos // positions the primary last reported
-	caughtUpAt  time.Time          // when the replica last matched primaryPos
-	caughtUp    bool               // whether it matches them now
-	fence       time.Time          // on a primary, commits are refused from then on; zero: never
-	changed     chan struct{}      // closed and replaced when any database changes
+	roleMu       sync.Mutex
+	primary      bool
+	primaryHost  string             // hostname of the primary while connected; "" otherwise
+	primaryURL   string             // API URL of the primary this node follows
+	primarySince time.Time          // when primaryHost or primaryURL last changed
+	roleChanged  chan struct{}      // closed and replaced when the role or the primary changes
+	primaryPos   map[string]ltx.Pos // positions the primary last reported
+	caughtUpAt   time.Time          // when the replica last matched primaryPos
+	caughtUp     bool               // whether it matches them now
+	fence        time.Time          // on a primary, commits are refused from then on; zero: never
+	changed      chan struct{}      // closed and replaced when any database changes
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -85,7 +89,9 @@ func NewStore(dir string) *Store {
 		dbs:               make(map[string]*DB),
 		primary:           true,
 		changed:           make(chan struct{}),
+		roleChanged:       make(chan struct{}),
 		caughtUpAt:        time.Now(),
+		primarySince:      time.Now(),
 	}
 }
 
@@ -95,6 +101,7 @@ func (s *Store) SetPrimary(primary bool) {
 	s.roleMu.Lock()
 	defer s.roleMu.Unlock()
 	s.primary = primary
+	s.roleChangedLocked()
 }
 
 // SetFence sets the time from which a primary refuses commits: a moment
@@ -123,7 +130,9 @@ func (s *Store) checkCommit() error {
 // its replication client; databases continue from their own positions.
 func (s *Store) Promote(fence time.Time) {
 	s.roleMu.Lock()
-	s.primary, s.fence, s.primaryHost, s.primaryPos = true, fence, "", nil
+	s.primary, s.fence, s.primaryHost, s.primaryURL, s.primaryPos = true, fence, "", "", nil
+	s.primarySince = time.Now()
+	s.roleChangedLocked()
 	s.roleMu.Unlock()
 	s.notify()
 }
@@ -137,6 +146,7 @@ func (s *Store) Promote(fence time.Time) {
 func (s *Store) Demote(ctx context.Context, gate Gate) error {
 	s.roleMu.Lock()
 	s.primary, s.fence = false, time.Time{}
+	s.roleChangedLocked()
 	s.roleMu.Unlock()
 	s.notify()
 	var first error
@@ -173,10 +183,63 @@ func (s *Store) PrimaryHostname() string {
 func (s *Store) setPrimaryHostname(host string) {
 	s.roleMu.Lock()
 	defer s.roleMu.Unlock()
-	s.primaryHost = host
+	if host == s.primaryHost {
+		return
+	}
+	s.primaryHost, s.primarySince = host, time.Now()
 	if host == "" { // disconnected: no longer known to be caught up
 		s.caughtUp = false
 	}
+	s.roleChangedLocked()
+}
+
+// SetPrimaryURL records the API URL of the primary this node follows ("":
+// none known).
+func (s *Store) SetPrimaryURL(url string) {
+	s.roleMu.Lock()
+	defer s.roleMu.Unlock()
+	if url == s.primaryURL {
+		return
+	}
+	s.primaryURL, s.primarySince = url, time.Now()
+	s.roleChangedLocked()
+}
+
+// PrimaryStatus is what a node knows of the primary.
+type PrimaryStatus struct {
+	Self      bool   // this node is the primary
+	Hostname  string // the primary's hostname, while connected to it
+	URL       string // the API URL of the primary this node follows
+	Connected bool   // a replica's stream to the primary is up
+	// Since is when Connected (or the primary followed) last changed.
+	Since time.Time
+	// Positions are the primary's positions as it last reported them.
+	Positions map[string]ltx.Pos
+}
+
+// Primary returns what the node knows of the primary now; RoleChanged
+// tells when that changes (positions aside: see Changed).
+func (s *Store) Primary() PrimaryStatus {
+	s.roleMu.Lock()
+	defer s.roleMu.Unlock()
+	return PrimaryStatus{
+		Self: s.primary, Hostname: s.primaryHost, URL: s.primaryURL,
+		Connected: s.primaryHost != "", Since: s.primarySince,
+		Positions: maps.Clone(s.primaryPos),
+	}
+}
+
+// RoleChanged returns a channel closed at the next change of the node's
+// role, of the primary it follows, or of its connection to it.
+func (s *Store) RoleChanged() <-chan struct{} {
+	s.roleMu.Lock()
+	defer s.roleMu.Unlock()
+	return s.roleChanged
+}
+
+func (s *Store) roleChangedLocked() {
+	close(s.roleChanged)
+	s.roleChanged = make(chan struct{})
 }
 
 // setPrimaryPositions records the positions the primary reported and

@@ -2,14 +2,10 @@ package replica
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"strings"
 	"time"
@@ -24,10 +20,10 @@ const (
 	DefaultMaxBackoff       = 3 * time.Second
 )
 
-// Client keeps a replica's databases in step with the primary: it holds one
+// StreamClient keeps a replica's databases in step with the primary: it holds one
 // stream to the primary's API, applies what arrives, and reconnects with
 // bounded backoff when the stream ends.
-type Client struct {
+type StreamClient struct {
 	// URL is the primary's API URL (lease.advertise-url on a replica).
 	URL string
 	// Node is this node's hostname, sent to the primary for its logs.
@@ -44,30 +40,26 @@ type Client struct {
 	HeartbeatTimeout time.Duration
 	// MinBackoff and MaxBackoff bound the wait between reconnections.
 	MinBackoff, MaxBackoff time.Duration
-	HTTPClient             *http.Client
-	Logger                 *slog.Logger
+	// API calls the primary.
+	API    *Client
+	Logger *slog.Logger
 
 	full diskFull // episodes of a full disk: applying pauses, then resumes
 }
 
-// NewClient returns a client of the primary at url with defaults.
-func NewClient(url string, store *Store, gate Gate) *Client {
-	return &Client{
+// NewStreamClient returns a client of the primary at url with defaults.
+func NewStreamClient(url string, store *Store, gate Gate) *StreamClient {
+	return &StreamClient{
 		URL: strings.TrimRight(url, "/"), Store: store, Gate: gate,
 		HeartbeatTimeout: DefaultHeartbeatTimeout,
 		MinBackoff:       DefaultMinBackoff, MaxBackoff: DefaultMaxBackoff,
-		HTTPClient: &http.Client{Transport: &http.Transport{
-			// An unreachable primary must fail fast, not after the
-			// system's TCP timeouts: the replica keeps retrying.
-			DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
-			ResponseHeaderTimeout: 10 * time.Second,
-		}},
-		Logger: store.Logger,
+		API:              NewClient(),
+		Logger:           store.Logger,
 	}
 }
 
 // Run streams from the primary until ctx ends.
-func (c *Client) Run(ctx context.Context) error {
+func (c *StreamClient) Run(ctx context.Context) error {
 	backoff := c.MinBackoff
 	for {
 		progressed, err := c.session(ctx)
@@ -100,7 +92,7 @@ func (c *Client) Run(ctx context.Context) error {
 }
 
 // session runs one stream. progressed reports whether anything arrived.
-func (c *Client) session(ctx context.Context) (progressed bool, err error) {
+func (c *StreamClient) session(ctx context.Context) (progressed bool, err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
@@ -108,20 +100,11 @@ func (c *Client) session(ctx context.Context) (progressed bool, err error) {
 	for _, db := range c.Store.DBs() {
 		req.Positions[db.Name()] = db.Pos().String()
 	}
-	body, _ := json.Marshal(req)
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, c.URL+"/stream", bytes.NewReader(body))
+	body, err := c.API.stream(ctx, c.URL, req)
 	if err != nil {
 		return false, err
 	}
-	resp, err := c.HTTPClient.Do(hreq)
-	if err != nil {
-		return false, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-		return false, fmt.Errorf("primary answered %s: %s", resp.Status, strings.TrimSpace(string(msg)))
-	}
+	defer body.Close()
 
 	// A silent stream means a dead primary or network: every frame resets
 	// the watchdog; when it fires, the request is cancelled.
@@ -130,7 +113,7 @@ func (c *Client) session(ctx context.Context) (progressed bool, err error) {
 	})
 	defer watchdog.Stop()
 
-	r := bufio.NewReaderSize(resp.Body, 64<<10)
+	r := bufio.NewReaderSize(body, 64<<10)
 	var (
 		file  *incoming
 		batch []*incoming // received, not yet applied
@@ -248,7 +231,7 @@ type incoming struct {
 	n     int64
 }
 
-func (c *Client) newIncoming(b streamBegin) (*incoming, error) {
+func (c *StreamClient) newIncoming(b streamBegin) (*incoming, error) {
 	if err := ValidateName(b.DB); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadFrame, err)
 	}
@@ -292,7 +275,7 @@ func (in *incoming) finish() error {
 
 // apply applies received files of one database, in order: a snapshot is
 // always alone in its batch.
-func (c *Client) apply(ctx context.Context, batch []*incoming) error {
+func (c *StreamClient) apply(ctx context.Context, batch []*incoming) error {
 	first := batch[0].begin
 	name := first.DB
 	db := c.Store.DB(name)
@@ -325,7 +308,7 @@ func (c *Client) apply(ctx context.Context, batch []*incoming) error {
 	return nil
 }
 
-func (c *Client) delete(name string) error {
+func (c *StreamClient) delete(name string) error {
 	db := c.Store.DB(name)
 	if db == nil {
 		return nil

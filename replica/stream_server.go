@@ -9,127 +9,26 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/litefs-project/litefs/ltx"
 )
 
-// DefaultHeartbeatInterval is how often the primary tells replicas it is
-// alive and where its databases are.
-const DefaultHeartbeatInterval = time.Second
-
-// Server serves the node's HTTP API: the replication stream (POST /stream)
-// and GET /info. See docs/api.md.
-type Server struct {
-	Store *Store
-	// Hostname is this node's lease.hostname.
-	Hostname string
-	// HeartbeatInterval is how often heartbeats are sent.
-	HeartbeatInterval time.Duration
-	Logger            *slog.Logger
-	// Handoff, if set, serves POST /handoff: it passes the primary lease
-	// to the named candidate ("" for the best connected one).
-	Handoff func(ctx context.Context, to string) (HandoffResult, error)
-
-	mu       sync.Mutex
-	replicas map[*streamRequest]struct{} // connected replicas
-}
-
-// ReplicaInfo describes a replica connected to this primary.
-type ReplicaInfo struct {
-	Node         string
-	AdvertiseURL string
-	Candidate    bool
-}
-
-// Replicas returns the replicas connected now.
-func (s *Server) Replicas() []ReplicaInfo {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	a := make([]ReplicaInfo, 0, len(s.replicas))
-	for r := range s.replicas {
-		a = append(a, ReplicaInfo{Node: r.Node, AdvertiseURL: r.AdvertiseURL, Candidate: r.Candidate})
-	}
-	return a
-}
-
-// HandoffResult is the body of a successful POST /handoff.
-type HandoffResult struct {
-	From     string `json:"from"`      // the old primary
-	To       string `json:"to"`        // the new primary
-	WindowMS int64  `json:"window_ms"` // how long the old primary refused writes
-}
-
-// NewServer returns a server over store with defaults.
-func NewServer(store *Store, hostname string) *Server {
-	return &Server{Store: store, Hostname: hostname, HeartbeatInterval: DefaultHeartbeatInterval, Logger: store.Logger}
-}
-
-// Handler returns the API's routes.
-func (s *Server) Handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST /stream", s.handleStream)
-	mux.HandleFunc("GET /info", s.handleInfo)
-	mux.HandleFunc("POST /handoff", s.handleHandoff)
-	return mux
-}
-
-// nodeInfo is the body of GET /info.
-type nodeInfo struct {
-	Node      string            `json:"node"`
-	Primary   bool              `json:"primary"`
-	PrimaryOf string            `json:"primary_hostname,omitempty"`
-	Positions map[string]string `json:"positions"`
-}
-
-func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) {
-	info := nodeInfo{Node: s.Hostname, Primary: s.Store.IsPrimary(), PrimaryOf: s.Store.PrimaryHostname(), Positions: s.positions()}
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(info)
-}
-
-func (s *Server) handleHandoff(w http.ResponseWriter, r *http.Request) {
-	if s.Handoff == nil {
-		http.Error(w, "handoff needs lease.type consul; this node has a static lease", http.StatusConflict)
-		return
-	}
-	res, err := s.Handoff(r.Context(), r.URL.Query().Get("to"))
-	if err != nil {
-		code := http.StatusInternalServerError
-		if errors.Is(err, ErrNotPrimary) || errors.Is(err, ErrNoCandidate) {
-			code = http.StatusConflict
-		}
-		http.Error(w, err.Error(), code)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(res)
-}
-
-func (s *Server) positions() map[string]string {
-	m := make(map[string]string)
-	for _, db := range s.Store.DBs() {
-		m[db.Name()] = db.Pos().String()
-	}
-	return m
-}
-
 func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	if !s.Store.IsPrimary() {
-		http.Error(w, fmt.Sprintf("%s is not the primary", s.Hostname), http.StatusServiceUnavailable)
+		writeError(w, fmt.Errorf("%w: %s cannot stream", ErrNotPrimary, s.Hostname))
 		return
 	}
 	var req streamRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
-		http.Error(w, "bad stream request: "+err.Error(), http.StatusBadRequest)
+		writeError(w, fmt.Errorf("%w: stream request: %v", errBadRequest, err))
 		return
 	}
 	sent := make(map[string]ltx.Pos)
 	for name, p := range req.Positions {
 		pos, err := ltx.ParsePos(p)
 		if err != nil {
-			http.Error(w, "bad position for "+name+": "+err.Error(), http.StatusBadRequest)
+			writeError(w, fmt.Errorf("%w: position of %q: %v", errBadRequest, name, err))
 			return
 		}
 		sent[name] = pos
@@ -239,64 +138,57 @@ func (s *Server) heartbeat(st *streamWriter) error {
 	return st.json(frameHeartbeat, streamHeartbeat{TimeMS: time.Now().UnixMilli(), Positions: s.positions()})
 }
 
-// sendDB brings a replica at position from up to the database's position
-// and returns the position sent. It sends the LTX files after from when the
-// log still has them and from is on the primary's history; otherwise a
-// snapshot, marked divergent when the replica's history differs.
-func (s *Server) sendDB(ctx context.Context, st *streamWriter, db *DB, from ltx.Pos, logger *slog.Logger) (ltx.Pos, error) {
-	cur := db.Pos()
-	if from == cur || cur.TXID == 0 {
-		return from, nil
-	}
-	files := db.Log().Files()
-	divergent, ok, unknown := false, true, false
-	switch {
-	case from.TXID == 0:
-		ok = false
-	case from.TXID > cur.TXID:
-		divergent, ok = true, false
-	default:
-		want, found := cur.Checksum, from.TXID == cur.TXID
-		for _, f := range files {
-			if f.MaxTXID == from.TXID {
-				var err error
-				if want, err = ltx.ReadTrailer(db.Log().Path(f.MinTXID, f.MaxTXID)); err != nil {
-					return from, err
-				}
-				found = true
-			}
-		}
-		if !found {
-			// Past retention, or a log that starts with a snapshot: the
-			// log cannot tell whether the replica's transactions are the
-			// primary's, so its state is kept aside, as if it diverged.
-			divergent, ok, unknown = true, false, true
-		} else if want != from.Checksum {
-			divergent, ok = true, false
-		}
-	}
-	if ok {
-		pos, err := s.sendLog(st, db, files, from, cur)
-		if err == nil {
-			return pos, nil
-		} else if !errors.Is(err, errLogGap) {
-			return from, err
-		}
-	}
-	if unknown {
-		logger.Warn("the log no longer reaches back to the replica's position, so it cannot tell whether the replica's history is the primary's; sending a snapshot, and the replica keeps its state aside",
-			slog.String(LogKeyDB, db.Name()), slog.String("replica_pos", from.String()), slog.String("pos", cur.String()))
-	} else if divergent {
-		logger.Warn("replica's history differs from the primary's; sending a snapshot",
-			slog.String(LogKeyDB, db.Name()), slog.String("replica_pos", from.String()), slog.String("pos", cur.String()))
-	}
-	return s.sendSnapshot(ctx, st, db, divergent)
+// sendPlan is what the primary sends a replica to bring one database up
+// to its position.
+type sendPlan struct {
+	cur   ltx.Pos        // the primary's position
+	files []ltx.FileInfo // the LTX files after the replica's position, in order
+	// snapshot says to send a snapshot instead; divergent marks it as
+	// replacing a history that differs from the primary's (or, unknown,
+	// that the log can no longer check), which the replica keeps aside.
+	snapshot, divergent, unknown bool
 }
 
-var errLogGap = errors.New("log no longer holds the files")
-
-// sendLog sends the LTX files from from.TXID+1 up to cur.
-func (s *Server) sendLog(st *streamWriter, db *DB, files []ltx.FileInfo, from, cur ltx.Pos) (ltx.Pos, error) {
+// planSend decides what brings a replica at position from up to db's
+// position: the LTX files after from when the log still has them all and
+// from is on the primary's history; otherwise a snapshot, marked divergent
+// when the replica's history differs or cannot be checked. Nothing to send
+// when from is the position (or the database has no transaction).
+func planSend(db *DB, from ltx.Pos) (sendPlan, error) {
+	cur := db.Pos()
+	plan := sendPlan{cur: cur}
+	if from == cur || cur.TXID == 0 {
+		return plan, nil
+	}
+	files := db.Log().Files()
+	switch {
+	case from.TXID == 0:
+		plan.snapshot = true
+		return plan, nil
+	case from.TXID > cur.TXID:
+		plan.snapshot, plan.divergent = true, true
+		return plan, nil
+	}
+	want, found := cur.Checksum, from.TXID == cur.TXID
+	for _, f := range files {
+		if f.MaxTXID == from.TXID {
+			var err error
+			if want, err = ltx.ReadTrailer(db.Log().Path(f.MinTXID, f.MaxTXID)); err != nil {
+				return plan, err
+			}
+			found = true
+		}
+	}
+	if !found {
+		// Past retention, or a log that starts with a snapshot: the log
+		// cannot tell whether the replica's transactions are the
+		// primary's, so its state is kept aside, as if it diverged.
+		plan.snapshot, plan.divergent, plan.unknown = true, true, true
+		return plan, nil
+	} else if want != from.Checksum {
+		plan.snapshot, plan.divergent = true, true
+		return plan, nil
+	}
 	next := from.TXID + 1
 	for _, f := range files {
 		if f.MaxTXID < next {
@@ -309,12 +201,51 @@ func (s *Server) sendLog(st *streamWriter, db *DB, files []ltx.FileInfo, from, c
 			break
 		}
 		if f.MinTXID != next {
-			return from, errLogGap
+			break // a gap: retention removed files, or a snapshot starts the log
 		}
+		plan.files = append(plan.files, f)
+		next = f.MaxTXID + 1
+	}
+	if next <= cur.TXID {
+		plan.files, plan.snapshot = nil, true
+	}
+	return plan, nil
+}
+
+// sendDB brings a replica at position from up to the database's position
+// and returns the position sent (see planSend).
+func (s *Server) sendDB(ctx context.Context, st *streamWriter, db *DB, from ltx.Pos, logger *slog.Logger) (ltx.Pos, error) {
+	plan, err := planSend(db, from)
+	if err != nil {
+		return from, err
+	}
+	if !plan.snapshot && len(plan.files) == 0 {
+		return from, nil
+	}
+	if !plan.snapshot {
+		pos, err := s.sendLog(st, db, plan.files, from)
+		if err == nil {
+			return pos, nil
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return from, err
+		}
+		// Removed by retention meanwhile: a snapshot instead.
+	}
+	if plan.unknown {
+		logger.Warn("the log no longer reaches back to the replica's position, so it cannot tell whether the replica's history is the primary's; sending a snapshot, and the replica keeps its state aside",
+			slog.String(LogKeyDB, db.Name()), slog.String("replica_pos", from.String()), slog.String("pos", plan.cur.String()))
+	} else if plan.divergent {
+		logger.Warn("replica's history differs from the primary's; sending a snapshot",
+			slog.String(LogKeyDB, db.Name()), slog.String("replica_pos", from.String()), slog.String("pos", plan.cur.String()))
+	}
+	return s.sendSnapshot(ctx, st, db, plan.divergent)
+}
+
+// sendLog sends the LTX files of a plan and returns the position reached.
+func (s *Server) sendLog(st *streamWriter, db *DB, files []ltx.FileInfo, from ltx.Pos) (ltx.Pos, error) {
+	for _, f := range files {
 		path := db.Log().Path(f.MinTXID, f.MaxTXID)
-		if err := s.sendFile(st, path, streamBegin{DB: db.Name()}); errors.Is(err, os.ErrNotExist) {
-			return from, errLogGap // removed by retention meanwhile
-		} else if err != nil {
+		if err := s.sendFile(st, path, streamBegin{DB: db.Name()}); err != nil {
 			return from, err
 		}
 		post, err := ltx.ReadTrailer(path)
@@ -322,10 +253,6 @@ func (s *Server) sendLog(st *streamWriter, db *DB, files []ltx.FileInfo, from, c
 			return from, err
 		}
 		from = ltx.Pos{TXID: f.MaxTXID, Checksum: post}
-		next = f.MaxTXID + 1
-	}
-	if from.TXID < cur.TXID {
-		return from, errLogGap
 	}
 	return from, nil
 }

@@ -1,10 +1,8 @@
 package tests
 
 import (
-	"encoding/json"
+	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"sort"
 	"strings"
@@ -193,18 +191,6 @@ func BenchmarkHandoff(b *testing.B) {
 // requestHandoffBench asks the primary at url to hand off and returns the
 // window it reports, in milliseconds.
 func requestHandoffBench(url string) (int64, error) {
-	resp, err := http.Post(url+"/handoff", "", nil)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	var res struct {
-		WindowMS int64 `json:"window_ms"`
-	}
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(resp.Body)
-		return 0, fmt.Errorf("handoff: %s: %s", resp.Status, msg)
-	}
-	err = json.NewDecoder(resp.Body).Decode(&res)
+	res, err := apiClient.Handoff(context.Background(), url, "")
 	return res.WindowMS, err
 }

@@ -2,10 +2,9 @@ package tests
 
 import (
 	"bytes"
+	"context"
 	"database/sql"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/litefs-project/litefs/internal/testconsul"
+	"github.com/litefs-project/litefs/replica"
 )
 
 // Lease timings of the Consul tests: short, so that failovers are quick.
@@ -83,21 +83,11 @@ func (c *ConsulCluster) start(t testing.TB) {
 	})
 }
 
-type apiInfo struct {
-	Node      string            `json:"node"`
-	Primary   bool              `json:"primary"`
-	Positions map[string]string `json:"positions"`
-}
-
-func getAPIInfo(n *Node) (apiInfo, error) {
-	var info apiInfo
-	client := http.Client{Timeout: time.Second}
-	resp, err := client.Get(n.URL() + "/info")
-	if err != nil {
-		return info, err
-	}
-	defer resp.Body.Close()
-	return info, json.NewDecoder(resp.Body).Decode(&info)
+// getAPIInfo returns the node's GET /info through the node API's client.
+func getAPIInfo(n *Node) (replica.NodeInfo, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	return apiClient.Info(ctx, n.URL())
 }
 
 // primaries returns the running nodes that say they are primary.

@@ -10,10 +10,15 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/litefs-project/litefs/replica"
 )
 
 // litefsBin is the litefs binary under test, built once by TestMain.
 var litefsBin string
+
+// apiClient calls the nodes' APIs, as the nodes do.
+var apiClient = replica.NewClient()
 
 func TestMain(m *testing.M) {
 	flag.Parse()

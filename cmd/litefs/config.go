@@ -113,7 +113,7 @@ func NewConfig() Config {
 	return Config{
 		Data: DataConfig{Retention: replica.DefaultRetention, RetentionMonitorInterval: replica.DefaultRetentionInterval},
 		HTTP: HTTPConfig{Addr: DefaultHTTPAddr},
-		Lease: LeaseConfig{Type: "static", Candidate: true, Hostname: host, HandoffTimeout: DefaultHandoffTimeout,
+		Lease: LeaseConfig{Type: "static", Candidate: true, Hostname: host, HandoffTimeout: replica.DefaultHandoffTimeout,
 			Consul: ConsulConfig{Key: lease.DefaultConsulKey, TTL: lease.DefaultConsulTTL, LockDelay: lease.DefaultConsulLockDelay}},
 		Log: LogConfig{Format: "text"},
 	}

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/litefs-project/litefs/replica"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -75,7 +77,7 @@ lease:
 		}
 		l := c.Lease
 		if l.Consul.URL != "http://127.0.0.1:8500" || l.Consul.Key != "litefs/primary" || l.Consul.TTL != 5*time.Second ||
-			l.Consul.LockDelay != time.Second || !l.Promote || !l.Candidate || l.HandoffTimeout != DefaultHandoffTimeout {
+			l.Consul.LockDelay != time.Second || !l.Promote || !l.Candidate || l.HandoffTimeout != replica.DefaultHandoffTimeout {
 			t.Fatalf("lease %+v", l)
 		}
 	})

@@ -11,6 +11,8 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/litefs-project/litefs/replica"
 )
 
 // Version is set at build time.
@@ -84,7 +86,7 @@ func runHandoff(ctx context.Context, args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	res, err := requestHandoff(ctx, *url, *to)
+	res, err := replica.NewClient().Handoff(ctx, *url, *to)
 	if err != nil {
 		return fmt.Errorf("handoff: %w", err)
 	}

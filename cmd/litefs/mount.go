@@ -32,15 +32,11 @@ type MountCommand struct {
 	Store  *replica.Store
 	FS     *fuse.FS
 	Leaser lease.Leaser
+	Role   *replica.Role
 	HTTP   *http.Server
 	Server *replica.Server
 
-	leases       *leaseManager // lease.type consul
-	stopLeases   func()
-	asideAtStart []string
-
-	stopClient func()
-	clientDone chan struct{}
+	stopRole func()
 }
 
 // NewMountCommand returns a mount command with defaults.
@@ -92,57 +88,17 @@ func (c *MountCommand) newLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(c.Stderr, opts))
 }
 
-// Run opens the store, mounts it, starts the exec'd command if any, and
-// waits for a signal, the command's exit, or ctx.
+// Run opens the store, mounts it, serves the API and runs the node's role
+// on the lease, then waits for a signal, the exec'd command's exit, or ctx.
 func (c *MountCommand) Run(ctx context.Context) error {
 	c.Logger = c.newLogger().With(slog.String(replica.LogKeyNode, c.Config.Lease.Hostname))
-	if c.Config.Lease.Type == "consul" {
-		return c.runConsul(ctx)
-	}
-	c.Leaser = &lease.Static{
-		Candidate:    c.Config.Lease.Candidate,
-		Hostname:     c.Config.Lease.Hostname,
-		AdvertiseURL: c.Config.Lease.AdvertiseURL,
-	}
-	primary := true
-	if _, err := c.Leaser.Acquire(ctx); errors.Is(err, lease.ErrNotCandidate) {
-		primary = false
-	} else if err != nil {
-		return fmt.Errorf("acquire lease: %w", err)
-	}
-
-	fatal := make(chan error, 1)
-	ln, err := c.start(primary, fatal)
-	if err != nil {
-		return err
-	}
-
-	if primary {
-		c.Logger.Info("mounted; this node is the primary (static lease)",
-			slog.String("fuse.dir", c.Config.FUSE.Dir), slog.String("data.dir", c.Config.Data.Dir), slog.String("http.addr", ln.Addr().String()))
-	} else {
-		client := replica.NewClient(c.Config.Lease.AdvertiseURL, c.Store, c.FS)
-		client.Node = c.Config.Lease.Hostname
-		client.Logger = c.Logger
-		cctx, cancel := context.WithCancel(ctx)
-		c.stopClient = func() { cancel(); <-c.clientDone }
-		c.clientDone = make(chan struct{})
-		go func() { defer close(c.clientDone); _ = client.Run(cctx) }()
-		c.Logger.Info("mounted; this node is a replica (static lease), following the primary",
-			slog.String("primary", c.Config.Lease.AdvertiseURL), slog.String("fuse.dir", c.Config.FUSE.Dir))
-	}
-
-	return c.wait(ctx, fatal)
-}
-
-// start opens the store in the given role, mounts it and serves the API.
-// A node that may change role (the Consul lease) starts as a replica.
-func (c *MountCommand) start(primary bool, fatal chan<- error) (net.Listener, error) {
+	c.Leaser = c.newLeaser()
 	c.Store = replica.NewStore(c.Config.Data.Dir)
 	c.Store.Retention = c.Config.Data.Retention
 	c.Store.RetentionInterval = c.Config.Data.RetentionMonitorInterval
 	c.Store.Logger = c.Logger
-	c.Store.SetPrimary(primary)
+	c.Store.SetPrimary(false)
+	fatal := make(chan error, 1)
 	if c.Config.ExitOnError {
 		c.Store.OnError = func(db string, err error) {
 			select {
@@ -151,34 +107,39 @@ func (c *MountCommand) start(primary bool, fatal chan<- error) (net.Listener, er
 			}
 		}
 	}
-	if err := c.Store.Open(); err != nil {
-		return nil, fmt.Errorf("open data directory %s: %w%s", c.Config.Data.Dir, err, remedy(err))
-	}
-	c.asideAtStart = c.Store.MovedAside
-
 	c.FS = fuse.NewFS(c.Config.FUSE.Dir, c.Store)
 	c.FS.AllowOther = c.Config.FUSE.AllowOther
 	c.FS.Logger = c.Logger
-	// A static primary never turns replica: the kernel may skip opens.
-	c.FS.NoOpen = primary && c.Config.Lease.Type == "static"
 	if spec := os.Getenv(failpointEnv); spec != "" {
 		hook, err := parseFailpoint(spec, c.Logger)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		c.FS.Failpoint = hook
 	}
-	if err := c.FS.Mount(); err != nil {
-		return nil, err
-	}
+	c.Server = replica.NewServer(c.Store, c.Config.Lease.Hostname)
+	cluster := &replica.NetCluster{Store: c.Store, Gate: c.FS, Server: c.Server, API: replica.NewClient(), Self: c.Leaser.Self(), Logger: c.Logger}
+	c.Role = replica.NewRole(c.Leaser, c.Store, c.FS, cluster)
+	c.Role.Promote, c.Role.HandoffTimeout = c.Config.Lease.Promote, c.Config.Lease.HandoffTimeout
+	c.Server.Handoff = c.Role.Handoff
 
+	// A node whose lease never expires and is its own (the static
+	// primary) is the primary from the start: it opens its databases as
+	// the primary and the kernel may skip opens.
+	primary, err := c.Role.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("acquire lease: %w", err)
+	}
+	c.FS.NoOpen = primary
+	if err := c.Store.Open(); err != nil {
+		return fmt.Errorf("open data directory %s: %w%s", c.Config.Data.Dir, err, remedy(err))
+	}
+	if err := c.FS.Mount(); err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", c.Config.HTTP.Addr)
 	if err != nil {
-		return nil, fmt.Errorf("http.addr: listen on %s: %w", c.Config.HTTP.Addr, err)
-	}
-	c.Server = replica.NewServer(c.Store, c.Config.Lease.Hostname)
-	if c.leases != nil {
-		c.Server.Handoff = c.leases.handoff
+		return fmt.Errorf("http.addr: listen on %s: %w", c.Config.HTTP.Addr, err)
 	}
 	c.HTTP = &http.Server{Handler: c.Server.Handler()}
 	go func() {
@@ -186,27 +147,37 @@ func (c *MountCommand) start(primary bool, fatal chan<- error) (net.Listener, er
 			c.Logger.Error("http server", slog.Any(replica.LogKeyError, err))
 		}
 	}()
-	return ln, nil
+
+	rctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); c.Role.Run(rctx) }()
+	c.stopRole = func() { cancel(); <-done }
+
+	attrs := []any{slog.String("fuse.dir", c.Config.FUSE.Dir), slog.String("data.dir", c.Config.Data.Dir), slog.String("http.addr", ln.Addr().String())}
+	switch {
+	case primary:
+		c.Logger.Info("mounted; this node is the primary (static lease)", attrs...)
+	case c.Leaser.Type() == "static":
+		c.Logger.Info("mounted; this node is a replica (static lease), following the primary",
+			append(attrs, slog.String("primary", c.Config.Lease.AdvertiseURL))...)
+	default:
+		c.Logger.Info("mounted; electing or following a primary through Consul",
+			append(attrs, slog.String("consul", c.Config.Lease.Consul.URL), slog.String("key", c.Config.Lease.Consul.Key),
+				slog.Bool("candidate", c.Config.Lease.Candidate))...)
+	}
+	return c.wait(ctx, fatal)
 }
 
-// runConsul runs the node on the Consul lease: it starts as a replica and
-// the lease manager changes its role.
-func (c *MountCommand) runConsul(ctx context.Context) error {
-	c.leases = newLeaseManager(c)
-	fatal := make(chan error, 1)
-	ln, err := c.start(false, fatal)
-	if err != nil {
-		return err
+// newLeaser returns the configured lease.
+func (c *MountCommand) newLeaser() lease.Leaser {
+	cfg := c.Config.Lease
+	if cfg.Type == "consul" {
+		l := lease.NewConsul(cfg.Consul.URL)
+		l.Key, l.TTL, l.LockDelay = cfg.Consul.Key, cfg.Consul.TTL, cfg.Consul.LockDelay
+		l.Candidate, l.Hostname, l.AdvertiseURL = cfg.Candidate, cfg.Hostname, cfg.AdvertiseURL
+		return l
 	}
-	lctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); c.leases.run(lctx) }()
-	c.stopLeases = func() { cancel(); <-done }
-	c.Logger.Info("mounted; electing or following a primary through Consul",
-		slog.String("consul", c.Config.Lease.Consul.URL), slog.String("key", c.Config.Lease.Consul.Key),
-		slog.Bool("candidate", c.Config.Lease.Candidate), slog.String("fuse.dir", c.Config.FUSE.Dir),
-		slog.String("http.addr", ln.Addr().String()))
-	return c.wait(ctx, fatal)
+	return &lease.Static{Candidate: cfg.Candidate, Hostname: cfg.Hostname, AdvertiseURL: cfg.AdvertiseURL}
 }
 
 // wait runs the exec'd command, or waits for a signal, a fatal error or ctx.
@@ -283,20 +254,17 @@ func (c *MountCommand) runExec(ctx context.Context, fatal <-chan error) error {
 	return nil
 }
 
-// Close unmounts and closes the store. Safe to call twice.
+// Close hands the lease off, unmounts and closes the store. Safe to call
+// twice.
 func (c *MountCommand) Close() error {
 	var first error
-	if c.stopLeases != nil {
+	if c.stopRole != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*c.Config.Lease.HandoffTimeout+5*time.Second)
-		c.leases.shutdown(ctx)
+		c.Role.Stop(ctx)
 		cancel()
-		c.stopLeases()
-		c.stopLeases = nil
-		c.leases.close()
-	}
-	if c.stopClient != nil {
-		c.stopClient()
-		c.stopClient = nil
+		c.stopRole()
+		c.stopRole = nil
+		c.Role.Close()
 	}
 	if c.HTTP != nil {
 		_ = c.HTTP.Close()

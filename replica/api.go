@@ -1,0 +1,255 @@
+package replica
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/litefs-project/litefs/ltx"
+)
+
+// DefaultHeartbeatInterval is how often the primary tells replicas it is
+// alive and where its databases are.
+const DefaultHeartbeatInterval = time.Second
+
+// maxInfoWait bounds how long GET /info?wait= holds a request.
+const maxInfoWait = time.Minute
+
+// Server serves the node's HTTP API: every endpoint is registered in
+// Handler, behind one middleware chain. See docs/api.md.
+type Server struct {
+	Store *Store
+	// Hostname is this node's lease.hostname.
+	Hostname string
+	// HeartbeatInterval is how often heartbeats are sent.
+	HeartbeatInterval time.Duration
+	Logger            *slog.Logger
+	// Handoff, if set, serves POST /handoff: it passes the primary lease
+	// to the named candidate ("" for the best connected one).
+	Handoff func(ctx context.Context, to string) (HandoffResult, error)
+	// Middleware wraps every endpoint, outermost first (authentication,
+	// metrics and request logs hook in here).
+	Middleware []func(http.Handler) http.Handler
+
+	mu       sync.Mutex
+	replicas map[*streamRequest]struct{} // connected replicas
+}
+
+// NewServer returns a server over store with defaults.
+func NewServer(store *Store, hostname string) *Server {
+	return &Server{Store: store, Hostname: hostname, HeartbeatInterval: DefaultHeartbeatInterval, Logger: store.Logger}
+}
+
+// Handler returns the API: every route, wrapped in the middleware chain.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /stream", s.handleStream)
+	mux.HandleFunc("GET /info", s.handleInfo)
+	mux.HandleFunc("POST /handoff", s.handleHandoff)
+	var h http.Handler = mux
+	for i := len(s.Middleware) - 1; i >= 0; i-- {
+		h = s.Middleware[i](h)
+	}
+	return h
+}
+
+// ReplicaInfo describes a replica connected to this primary.
+type ReplicaInfo struct {
+	Node         string
+	AdvertiseURL string
+	Candidate    bool
+}
+
+// Replicas returns the replicas connected now.
+func (s *Server) Replicas() []ReplicaInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := make([]ReplicaInfo, 0, len(s.replicas))
+	for r := range s.replicas {
+		a = append(a, ReplicaInfo{Node: r.Node, AdvertiseURL: r.AdvertiseURL, Candidate: r.Candidate})
+	}
+	return a
+}
+
+// NodeInfo is the body of GET /info.
+type NodeInfo struct {
+	Node    string `json:"node"`
+	Primary bool   `json:"primary"`
+	// PrimaryHostname and PrimaryURL name the primary a replica is
+	// connected to (PrimaryURL: the one it streams from, if known).
+	PrimaryHostname string `json:"primary_hostname,omitempty"`
+	PrimaryURL      string `json:"primary_url,omitempty"`
+	// Positions holds every database's position, "TXID/checksum" in hex.
+	Positions map[string]string `json:"positions"`
+}
+
+// Pos returns the position of database name, zero if it has none.
+func (i NodeInfo) Pos(name string) (ltx.Pos, error) {
+	p, ok := i.Positions[name]
+	if !ok {
+		return ltx.Pos{}, nil
+	}
+	return ltx.ParsePos(p)
+}
+
+// TXIDs returns each database's TXID.
+func (i NodeInfo) TXIDs() (map[string]uint64, error) {
+	a := make(map[string]uint64, len(i.Positions))
+	for name := range i.Positions {
+		pos, err := i.Pos(name)
+		if err != nil {
+			return nil, fmt.Errorf("position of %q: %w", name, err)
+		}
+		a[name] = uint64(pos.TXID)
+	}
+	return a, nil
+}
+
+// Has reports whether the node is at every position in want. A database
+// with no transaction is wanted at nothing: there is nothing in it to
+// lose, and the stream does not send it.
+func (i NodeInfo) Has(want map[string]ltx.Pos) bool {
+	for name, pos := range want {
+		if pos.TXID == 0 {
+			continue
+		}
+		if i.Positions[name] != pos.String() {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Server) info() NodeInfo {
+	p := s.Store.Primary()
+	return NodeInfo{Node: s.Hostname, Primary: s.Store.IsPrimary(), PrimaryHostname: p.Hostname, PrimaryURL: p.URL, Positions: s.positions()}
+}
+
+// handleInfo answers GET /info. With wait=DURATION and want=DB=POS (any
+// number), it answers once the node is at every wanted position, or when
+// the wait ends, whichever is first; the caller compares.
+func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	want := make(map[string]ltx.Pos)
+	for _, v := range q["want"] {
+		i := strings.LastIndexByte(v, '=')
+		if i < 0 {
+			writeError(w, fmt.Errorf("%w: want=%q: expected DB=POSITION", errBadRequest, v))
+			return
+		}
+		pos, err := ltx.ParsePos(v[i+1:])
+		if err != nil {
+			writeError(w, fmt.Errorf("%w: want=%q: %v", errBadRequest, v, err))
+			return
+		}
+		want[v[:i]] = pos
+	}
+	if v := q.Get("wait"); v != "" && len(want) > 0 {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			writeError(w, fmt.Errorf("%w: wait=%q: expected a duration such as 5s", errBadRequest, v))
+			return
+		}
+		timer := time.NewTimer(min(d, maxInfoWait))
+		defer timer.Stop()
+	wait:
+		for {
+			changed := s.Store.Changed()
+			if s.info().Has(want) {
+				break
+			}
+			select {
+			case <-changed:
+			case <-timer.C:
+				break wait
+			case <-r.Context().Done():
+				return
+			}
+		}
+	}
+	writeJSON(w, s.info())
+}
+
+// HandoffResult is the body of a successful POST /handoff.
+type HandoffResult struct {
+	From     string `json:"from"`      // the old primary
+	To       string `json:"to"`        // the new primary
+	WindowMS int64  `json:"window_ms"` // how long the old primary refused writes
+}
+
+var errNoHandoff = errors.New("handoff needs lease.type consul; this node has a static lease")
+
+func (s *Server) handleHandoff(w http.ResponseWriter, r *http.Request) {
+	if s.Handoff == nil {
+		writeError(w, errNoHandoff)
+		return
+	}
+	res, err := s.Handoff(r.Context(), r.URL.Query().Get("to"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, res)
+}
+
+func (s *Server) positions() map[string]string {
+	m := make(map[string]string)
+	for _, db := range s.Store.DBs() {
+		m[db.Name()] = db.Pos().String()
+	}
+	return m
+}
+
+// errBadRequest marks a request the API cannot read.
+var errBadRequest = errors.New("bad request")
+
+// apiErrors maps the errors the API returns to status codes and to the
+// codes that carry them back to the client, which returns them wrapped
+// around the same sentinel (see Client).
+var apiErrors = []struct {
+	err    error
+	status int
+	code   string
+}{
+	{ErrNotPrimary, http.StatusConflict, "not-primary"},
+	{ErrNoCandidate, http.StatusConflict, "no-candidate"},
+	{errNoHandoff, http.StatusConflict, "no-handoff"},
+	{ErrReadOnly, http.StatusConflict, "read-only"},
+	{ErrFenced, http.StatusServiceUnavailable, "fenced"},
+	{ErrDatabaseNotFound, http.StatusNotFound, "database-not-found"},
+	{ErrInvalidName, http.StatusBadRequest, "invalid-name"},
+	{ErrNotSQLite, http.StatusBadRequest, "not-sqlite"},
+	{errBadRequest, http.StatusBadRequest, "bad-request"},
+}
+
+// apiError is the JSON body of an error answer.
+type apiError struct {
+	Error string `json:"error"`
+	Code  string `json:"code,omitempty"`
+}
+
+// writeError answers with err's status code and a JSON body naming it.
+func writeError(w http.ResponseWriter, err error) {
+	status, code := http.StatusInternalServerError, ""
+	for _, e := range apiErrors {
+		if errors.Is(err, e.err) {
+			status, code = e.status, e.code
+			break
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(apiError{Error: err.Error(), Code: code})
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}
