@@ -53,8 +53,8 @@ func NewStreamClient(url string, store *Store, gate Gate) *StreamClient {
 		URL: strings.TrimRight(url, "/"), Store: store, Gate: gate,
 		HeartbeatTimeout: DefaultHeartbeatTimeout,
 		MinBackoff:       DefaultMinBackoff, MaxBackoff: DefaultMaxBackoff,
-		API:              NewClient(),
-		Logger:           store.Logger,
+		API:    NewClient(),
+		Logger: store.Logger,
 	}
 }
 
