@@ -33,8 +33,13 @@ type Server struct {
 	// Handoff, if set, serves POST /handoff: it passes the primary lease
 	// to the named candidate ("" for the best connected one).
 	Handoff func(ctx context.Context, to string) (HandoffResult, error)
-	// Middleware wraps every endpoint, outermost first (authentication,
-	// metrics and request logs hook in here).
+	// Secret, if set, is the cluster secret every request must carry as
+	// "Authorization: Bearer SECRET"; others get 401 and change nothing.
+	Secret string
+	// Public says which requests need no secret (nil: none).
+	Public func(*http.Request) bool
+	// Middleware wraps every endpoint, outermost first (metrics and
+	// request logs hook in here); authentication runs inside it.
 	Middleware []func(http.Handler) http.Handler
 
 	mu       sync.Mutex
@@ -53,6 +58,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /info", s.handleInfo)
 	mux.HandleFunc("POST /handoff", s.handleHandoff)
 	var h http.Handler = mux
+	if s.Secret != "" {
+		h = (&authenticator{secret: []byte(s.Secret), public: s.Public, logger: s.Logger}).wrap(h)
+	}
 	for i := len(s.Middleware) - 1; i >= 0; i-- {
 		h = s.Middleware[i](h)
 	}
@@ -217,6 +225,7 @@ var apiErrors = []struct {
 	status int
 	code   string
 }{
+	{ErrUnauthorized, http.StatusUnauthorized, "unauthorized"},
 	{ErrNotPrimary, http.StatusConflict, "not-primary"},
 	{ErrNoCandidate, http.StatusConflict, "no-candidate"},
 	{errNoHandoff, http.StatusConflict, "no-handoff"},

@@ -28,6 +28,8 @@ type Client struct {
 	HTTP *http.Client
 	// CallTimeout bounds calls that have no deadline of their own.
 	CallTimeout time.Duration
+	// Secret is the cluster secret sent with every request.
+	Secret string
 }
 
 // NewClient returns a client with timeouts fit for a cluster: an
@@ -89,6 +91,9 @@ func (c *Client) do(ctx context.Context, method, base, path string, q url.Values
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.Secret != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Secret)
 	}
 	resp, err := c.HTTP.Do(req)
 	if err != nil {

@@ -38,6 +38,8 @@ type Node struct {
 	// litefs runs in. Only the network namespace changes: the mount is
 	// made in, and seen from, the test's own mount namespace.
 	NetNS string
+	// Secret is the cluster secret (http.secret) the node requires.
+	Secret string
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -64,6 +66,8 @@ type NodeConfig struct {
 	HTTPAddr string
 	// NetNS is the network namespace litefs runs in (see Node.NetNS).
 	NetNS string
+	// Secret is http.secret, the cluster secret.
+	Secret string
 }
 
 // NewNode prepares a primary with a config file; extra YAML is appended.
@@ -79,7 +83,7 @@ func NewNodeWith(t testing.TB, cfg NodeConfig) *Node {
 	dir := t.TempDir()
 	n := &Node{t: t, Name: cfg.Name, Dir: dir, MountDir: filepath.Join(dir, "mnt"),
 		DataDir: filepath.Join(dir, "data"), ConfigPath: filepath.Join(dir, "litefs.yml"), Bin: litefsBin,
-		HTTPAddr: cfg.HTTPAddr, NetNS: cfg.NetNS}
+		HTTPAddr: cfg.HTTPAddr, NetNS: cfg.NetNS, Secret: cfg.Secret}
 	if n.HTTPAddr == "" {
 		n.HTTPAddr = freeAddr(t)
 	}
@@ -97,8 +101,12 @@ func NewNodeWith(t testing.TB, cfg NodeConfig) *Node {
 		lease = fmt.Sprintf("  candidate: %t\n  advertise-url: %s\n  consul:\n    url: %s\n    key: litefs/test\n    ttl: %s\n    lock-delay: %s\n",
 			!cfg.Replica, n.URL(), cfg.Consul, orDefault(cfg.ConsulTTL, "10s"), orDefault(cfg.LockDelay, "1s"))
 	}
-	n.WriteConfig(fmt.Sprintf("fuse:\n  dir: %s\ndata:\n  dir: %s\n%shttp:\n  addr: %s\nlease:\n  type: %s\n  hostname: %s\n%s%s%s",
-		n.MountDir, n.DataDir, data, n.HTTPAddr, typ, n.Name, lease, cfg.Lease, cfg.Extra))
+	secret := ""
+	if cfg.Secret != "" {
+		secret = fmt.Sprintf("  secret: %q\n", cfg.Secret)
+	}
+	n.WriteConfig(fmt.Sprintf("fuse:\n  dir: %s\ndata:\n  dir: %s\n%shttp:\n  addr: %s\n%slease:\n  type: %s\n  hostname: %s\n%s%s%s",
+		n.MountDir, n.DataDir, data, n.HTTPAddr, secret, typ, n.Name, lease, cfg.Lease, cfg.Extra))
 	t.Cleanup(func() {
 		n.Stop()
 		_ = exec.Command("fusermount3", "-uz", n.MountDir).Run()
@@ -447,7 +455,14 @@ func replayLog(t testing.TB, dir string, pos ltx.Pos) []byte {
 // place; the mount table alone can still list a stale mount that the new
 // process is about to replace.
 func (n *Node) served() bool {
-	resp, err := http.Get(n.URL() + "/info")
+	req, err := http.NewRequest(http.MethodGet, n.URL()+"/info", nil)
+	if err != nil {
+		return false
+	}
+	if n.Secret != "" {
+		req.Header.Set("Authorization", "Bearer "+n.Secret)
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return false
 	}

@@ -48,6 +48,9 @@ type FUSEConfig struct {
 // HTTPConfig is the node's API server.
 type HTTPConfig struct {
 	Addr string `yaml:"addr"`
+	// Secret is the cluster secret: every node sends it to the others'
+	// APIs and requires it on its own (typically "${LITEFS_SECRET}").
+	Secret string `yaml:"secret"`
 }
 
 // LeaseConfig decides the primary.

@@ -78,6 +78,7 @@ func runHandoff(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("litefs-handoff", flag.ContinueOnError)
 	to := fs.String("to", "", "hostname (lease.hostname) of the candidate to hand off to; default: the connected candidate with the most transactions")
 	url := fs.String("url", "http://localhost"+DefaultHTTPAddr, "API URL of the primary")
+	secret := secretFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -86,12 +87,24 @@ func runHandoff(ctx context.Context, args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	res, err := replica.NewClient().Handoff(ctx, *url, *to)
+	res, err := apiClient(*secret).Handoff(ctx, *url, *to)
 	if err != nil {
 		return fmt.Errorf("handoff: %w", err)
 	}
 	fmt.Printf("handed off from %s to %s; writes were refused for %d ms\n", res.From, res.To, res.WindowMS)
 	return nil
+}
+
+// secretFlag adds -secret, defaulting to $LITEFS_SECRET.
+func secretFlag(fs *flag.FlagSet) *string {
+	return fs.String("secret", os.Getenv("LITEFS_SECRET"), "the cluster secret (http.secret); default: $LITEFS_SECRET")
+}
+
+// apiClient returns a client of the node API with the cluster secret.
+func apiClient(secret string) *replica.Client {
+	c := replica.NewClient()
+	c.Secret = secret
+	return c
 }
 
 func usage() {
@@ -100,7 +113,7 @@ func usage() {
 Usage:
 
 	litefs mount [-config PATH]   mount the databases (default command)
-	litefs handoff [-to HOSTNAME] [-url URL]
+	litefs handoff [-to HOSTNAME] [-url URL] [-secret SECRET]
 	                              hand the primary lease to a candidate
 	litefs version                print the version
 

@@ -118,7 +118,10 @@ func (c *MountCommand) Run(ctx context.Context) error {
 		c.FS.Failpoint = hook
 	}
 	c.Server = replica.NewServer(c.Store, c.Config.Lease.Hostname)
-	cluster := &replica.NetCluster{Store: c.Store, Gate: c.FS, Server: c.Server, API: replica.NewClient(), Self: c.Leaser.Self(), Logger: c.Logger}
+	c.Server.Secret = c.Config.HTTP.Secret
+	api := replica.NewClient()
+	api.Secret = c.Config.HTTP.Secret
+	cluster := &replica.NetCluster{Store: c.Store, Gate: c.FS, Server: c.Server, API: api, Self: c.Leaser.Self(), Logger: c.Logger}
 	c.Role = replica.NewRole(c.Leaser, c.Store, c.FS, cluster)
 	c.Role.Promote, c.Role.HandoffTimeout = c.Config.Lease.Promote, c.Config.Lease.HandoffTimeout
 	c.Server.Handoff = c.Role.Handoff
@@ -141,7 +144,11 @@ func (c *MountCommand) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("http.addr: listen on %s: %w", c.Config.HTTP.Addr, err)
 	}
-	c.HTTP = &http.Server{Handler: c.Server.Handler()}
+	if c.Config.HTTP.Secret == "" && !isLoopback(ln.Addr()) {
+		c.Logger.Warn("the node API listens beyond this host without a cluster secret: anyone who can reach it can read every database (POST /stream) and hand the lease off. Set http.secret (e.g. \"${LITEFS_SECRET}\") to the same value on every node",
+			slog.String("http.addr", ln.Addr().String()))
+	}
+	c.HTTP = &http.Server{Handler: c.Server.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := c.HTTP.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			c.Logger.Error("http server", slog.Any(replica.LogKeyError, err))
@@ -166,6 +173,12 @@ func (c *MountCommand) Run(ctx context.Context) error {
 				slog.Bool("candidate", c.Config.Lease.Candidate))...)
 	}
 	return c.wait(ctx, fatal)
+}
+
+// isLoopback reports whether addr is a loopback address only.
+func isLoopback(addr net.Addr) bool {
+	tcp, ok := addr.(*net.TCPAddr)
+	return ok && tcp.IP.IsLoopback()
 }
 
 // newLeaser returns the configured lease.
