@@ -38,6 +38,8 @@ type Server struct {
 	Secret string
 	// Public says which requests need no secret (nil: none).
 	Public func(*http.Request) bool
+	// Metrics, if set, serves GET /metrics (Prometheus).
+	Metrics http.Handler
 	// Middleware wraps every endpoint, outermost first (metrics and
 	// request logs hook in here); authentication runs inside it.
 	Middleware []func(http.Handler) http.Handler
@@ -57,6 +59,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /stream", s.handleStream)
 	mux.HandleFunc("GET /info", s.handleInfo)
 	mux.HandleFunc("POST /handoff", s.handleHandoff)
+	if s.Metrics != nil {
+		mux.Handle("GET /metrics", s.Metrics)
+	}
 	var h http.Handler = mux
 	if s.Secret != "" {
 		h = (&authenticator{secret: []byte(s.Secret), public: s.Public, logger: s.Logger}).wrap(h)

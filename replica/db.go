@@ -49,6 +49,7 @@ type DB struct {
 	onError   func(error)  // reports failures the store's owner may stop for
 	canCommit func() error // refuses commits on a node that may not write
 	onChange  func()       // tells the store the position moved
+	metrics   *Metrics     // nil: none
 
 	wal walState
 

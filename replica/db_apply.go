@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/litefs-project/litefs/checksum"
 	"github.com/litefs-project/litefs/ltx"
@@ -66,6 +67,7 @@ func (db *DB) Apply(ctx context.Context, path string, gate Gate) error {
 // its file entered the log, the next call finishes that file first, and
 // drops it from paths if the primary sent it again.
 func (db *DB) ApplyAll(ctx context.Context, paths []string, gate Gate) error {
+	start := time.Now()
 	hdrs := make([]ltx.Header, len(paths))
 	posts := make([]checksum.Checksum, len(paths))
 	for i, path := range paths {
@@ -119,7 +121,10 @@ func (db *DB) ApplyAll(ctx context.Context, paths []string, gate Gate) error {
 		err = serr
 	}
 	db.mu.Unlock()
-	return db.reopenGate(gate, unlock, err)
+	if err = db.reopenGate(gate, unlock, err); err == nil {
+		db.metrics.applied(hdrs, time.Since(start))
+	}
+	return err
 }
 
 // finishApply applies the newest file of the log again if the database is

@@ -114,6 +114,7 @@ func (db *DB) readDBPage(pgno uint32, buf []byte) error {
 // every page (a snapshot). A transaction that changed nothing (a rollback)
 // writes nothing. db.mu must be held.
 func (db *DB) commitTxn(pageN uint32, written []uint32, read func(pgno uint32, buf []byte) error) error {
+	start := time.Now()
 	oldN := db.chk.PageN()
 	snapshot := db.pos.TXID == 0
 	lock := checksum.LockPgno(db.pageSize)
@@ -197,6 +198,7 @@ func (db *DB) commitTxn(pageN uint32, written []uint32, read func(pgno uint32, b
 	db.pos = ltx.Pos{TXID: txid, Checksum: post}
 	db.publish()
 	db.diskRoomAgain()
+	db.metrics.committed(db.name, time.Since(start))
 	db.logger.Debug("commit", slog.String(LogKeyTXID, txid.String()), slog.Int("pages", len(pages)),
 		slog.Uint64("commit", uint64(pageN)), slog.String(LogKeyChecksum, post.String()))
 	return nil
@@ -209,6 +211,9 @@ func (db *DB) commitTxn(pageN uint32, written []uint32, read func(pgno uint32, b
 // (see DiskFull); it is still reported.
 func (db *DB) commitFailed(err error) {
 	if errors.Is(err, ErrReadOnly) || errors.Is(err, ErrFenced) {
+		if errors.Is(err, ErrFenced) {
+			db.metrics.fencedCommit()
+		}
 		db.logger.Warn("commit refused; the transaction is not acknowledged and will be rolled back", slog.Any(LogKeyError, err))
 		return
 	}

@@ -142,6 +142,7 @@ func (r *Role) handoff(ctx context.Context, to string, anyone bool) (HandoffResu
 		}
 	}
 	res.WindowMS = time.Since(start).Milliseconds()
+	r.Store.Metrics.handedOff(time.Since(start), released.Sub(start))
 	r.Logger.Info("handoff done", slog.String("to", res.To), slog.Int64("writes_refused_ms", res.WindowMS),
 		slog.Duration("writes_stopped", locked.Sub(start)), slog.Duration("target_caught_up", caughtUp.Sub(start)),
 		slog.Duration("released", released.Sub(start)))

@@ -375,6 +375,7 @@ func (r *Role) renewLoop(ctx context.Context) {
 func (r *Role) demoteLocked(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	r.Store.Metrics.demoted()
 	if err := r.Store.Demote(ctx, r.Gate); err != nil {
 		r.Logger.Error("stepping down", slog.Any(LogKeyError, err))
 	}

@@ -54,6 +54,8 @@ type Store struct {
 	// MovedAside lists where Open moved databases that did not match
 	// their log.
 	MovedAside []string
+	// Metrics, if set before Open, records the node's metrics.
+	Metrics *Metrics
 	// OnError, if set, is called when a database fails in a way the caller
 	// may want to stop for (a commit that could not be made durable).
 	OnError func(db string, err error)
@@ -404,6 +406,7 @@ func (s *Store) openDB(name, dir string) (*DB, error) {
 	}
 	db.onChange = s.notify
 	db.canCommit = s.checkCommit
+	db.metrics = s.Metrics
 	return db, nil
 }
 
@@ -434,6 +437,7 @@ func (s *Store) closeDBs() error {
 // moveDirAside renames a database's directory into a dated folder under
 // AsideDir.
 func (s *Store) moveDirAside(name string) (string, error) {
+	s.Metrics.movedAsideOne()
 	if err := os.MkdirAll(s.AsideDir(), 0o755); err != nil {
 		return "", err
 	}

@@ -82,6 +82,7 @@ func (c *StreamClient) Run(ctx context.Context) error {
 			c.Logger.Warn("replication stream from the primary ended; reconnecting",
 				slog.String("primary", c.URL), slog.Any(LogKeyError, err), slog.Duration("backoff", backoff))
 		}
+		c.Store.Metrics.reconnected()
 		select {
 		case <-ctx.Done():
 			return nil

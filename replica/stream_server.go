@@ -274,6 +274,7 @@ func (s *Server) sendSnapshot(ctx context.Context, st *streamWriter, db *DB, div
 	if err := s.sendFile(st, f.Name(), streamBegin{DB: db.Name(), Snapshot: true, Divergent: divergent}); err != nil {
 		return ltx.Pos{}, err
 	}
+	s.Store.Metrics.snapshotSent()
 	return ltx.Pos{TXID: hdr.MaxTXID, Checksum: post}, nil
 }
 

@@ -364,6 +364,15 @@ func TestConsul_HandoffTo(t *testing.T) {
 			checkNoneLost(t, target, "db", acks)
 			c.WaitConverged(t, "db")
 
+			// What an operator sees in the metrics: one handoff and one
+			// step-down on the old primary, the new one primary.
+			pf, tf := scrape(t, p), scrape(t, target)
+			wantMetric(t, pf, p.Name, "litefs_handoff_duration_seconds", 1)
+			wantMetric(t, pf, p.Name, "litefs_handoff_writes_refused_seconds", 1)
+			wantMetric(t, pf, p.Name, "litefs_demotions_total", 1)
+			wantMetric(t, pf, p.Name, "litefs_is_primary", 0)
+			wantMetric(t, tf, target.Name, "litefs_is_primary", 1)
+
 			// A handoff asked of a replica says where the primary is.
 			out, err = exec.Command(litefsBin, "handoff", "-url", p.URL()).CombinedOutput()
 			if err == nil || !strings.Contains(string(out), "not the primary") {

@@ -51,6 +51,8 @@ type HTTPConfig struct {
 	// Secret is the cluster secret: every node sends it to the others'
 	// APIs and requires it on its own (typically "${LITEFS_SECRET}").
 	Secret string `yaml:"secret"`
+	// PublicMetrics serves GET /metrics without the secret.
+	PublicMetrics bool `yaml:"public-metrics"`
 }
 
 // LeaseConfig decides the primary.

@@ -14,6 +14,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/litefs-project/litefs/fuse"
 	"github.com/litefs-project/litefs/lease"
 	"github.com/litefs-project/litefs/replica"
@@ -119,6 +123,13 @@ func (c *MountCommand) Run(ctx context.Context) error {
 	}
 	c.Server = replica.NewServer(c.Store, c.Config.Lease.Hostname)
 	c.Server.Secret = c.Config.HTTP.Secret
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	c.Store.Metrics = replica.NewMetrics(reg, c.Store, c.Server)
+	c.Server.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	if c.Config.HTTP.PublicMetrics {
+		c.Server.Public = func(r *http.Request) bool { return r.URL.Path == "/metrics" }
+	}
 	api := replica.NewClient()
 	api.Secret = c.Config.HTTP.Secret
 	cluster := &replica.NetCluster{Store: c.Store, Gate: c.FS, Server: c.Server, API: api, Self: c.Leaser.Self(), Logger: c.Logger}
