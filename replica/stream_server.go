@@ -31,6 +31,12 @@ type Server struct {
 	// Handoff, if set, serves POST /handoff: it passes the primary lease
 	// to the named candidate ("" for the best connected one).
 	Handoff func(ctx context.Context, to string) (HandoffResult, error)
+	// Gate keeps connections out while POST /import changes a database;
+	// nil if the mount is not up.
+	Gate Gate
+	// PrimaryURL, if set, returns the primary's API URL as this node
+	// knows it ("" if unknown), for a replica's answer to POST /import.
+	PrimaryURL func() string
 
 	mu       sync.Mutex
 	replicas map[*streamRequest]struct{} // connected replicas
@@ -72,6 +78,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /stream", s.handleStream)
 	mux.HandleFunc("GET /info", s.handleInfo)
 	mux.HandleFunc("POST /handoff", s.handleHandoff)
+	mux.HandleFunc("POST /import", s.handleImport)
+	mux.HandleFunc("GET /export", s.handleExport)
 	return mux
 }
 

@@ -56,6 +56,16 @@ type leaseManager struct {
 	promotedAt time.Time // when it was last asked for
 }
 
+// primaryURL returns the API URL of the primary this node follows, or ""
+// (also while a role change holds the manager).
+func (m *leaseManager) primaryURL() string {
+	if !m.mu.TryLock() {
+		return ""
+	}
+	defer m.mu.Unlock()
+	return m.following
+}
+
 func newLeaseManager(c *MountCommand) *leaseManager {
 	cfg := c.Config.Lease
 	l := lease.NewConsul(cfg.Consul.URL)

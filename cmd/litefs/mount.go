@@ -177,8 +177,12 @@ func (c *MountCommand) start(primary bool, fatal chan<- error) (net.Listener, er
 		return nil, fmt.Errorf("http.addr: listen on %s: %w", c.Config.HTTP.Addr, err)
 	}
 	c.Server = replica.NewServer(c.Store, c.Config.Lease.Hostname)
+	c.Server.Gate = c.FS
 	if c.leases != nil {
 		c.Server.Handoff = c.leases.handoff
+		c.Server.PrimaryURL = c.leases.primaryURL
+	} else if !primary {
+		c.Server.PrimaryURL = func() string { return c.Config.Lease.AdvertiseURL }
 	}
 	c.HTTP = &http.Server{Handler: c.Server.Handler()}
 	go func() {

@@ -1,0 +1,139 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/litefs-project/litefs/ltx"
+	"github.com/litefs-project/litefs/replica"
+)
+
+// ExportCommand is `litefs export -name DB [-url URL] FILE`: a copy of one
+// position of the database, from any node. FILE is written through a
+// temporary file beside it, checked against the position's checksum,
+// synced and renamed over FILE; FILE is untouched until the copy is whole.
+type ExportCommand struct {
+	Name   string // the database in the mount
+	URL    string // the node's API
+	Path   string // where the copy goes; "-" for standard output
+	Stdout io.Writer
+	Stderr io.Writer
+}
+
+// NewExportCommand returns an export command with defaults.
+func NewExportCommand() *ExportCommand {
+	return &ExportCommand{URL: "http://localhost" + DefaultHTTPAddr, Stdout: os.Stdout, Stderr: os.Stderr}
+}
+
+// ParseFlags reads the command line.
+func (c *ExportCommand) ParseFlags(args []string) error {
+	fs := flag.NewFlagSet("litefs-export", flag.ContinueOnError)
+	fs.StringVar(&c.Name, "name", "", "database name in the mount (required)")
+	fs.StringVar(&c.URL, "url", c.URL, "API URL of the node to copy from (a primary or a replica)")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: litefs export -name DB [-url URL] FILE   (FILE - is standard output)")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return errors.New("export: want exactly one FILE")
+	}
+	if c.Name == "" {
+		return errors.New("export: -name is required")
+	}
+	if err := replica.ValidateName(c.Name); err != nil {
+		return fmt.Errorf("export: -name: %w", err)
+	}
+	c.Path = fs.Arg(0)
+	return nil
+}
+
+// Run receives the copy and writes it.
+func (c *ExportCommand) Run(ctx context.Context) error {
+	resp, err := getExport(ctx, c.URL, c.Name)
+	if err != nil {
+		return fmt.Errorf("export %s: %w", c.Name, err)
+	}
+	defer resp.Body.Close()
+	if c.Path == "-" {
+		// Checked as it is written; a bad copy can only be reported.
+		bw := bufio.NewWriterSize(c.Stdout, 1<<20)
+		if err := receiveCopy(bw, resp); err != nil {
+			return fmt.Errorf("export %s: %w", c.Name, err)
+		}
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.Stderr, "exported %s at position %s (%d bytes)\n", c.Name, resp.Pos, resp.Size)
+		return nil
+	}
+	if err := writeCopy(c.Path, resp); err != nil {
+		return fmt.Errorf("export %s: %w", c.Name, err)
+	}
+	fmt.Fprintf(c.Stdout, "exported %s at position %s (%d bytes) to %s\n", c.Name, resp.Pos, resp.Size, c.Path)
+	return nil
+}
+
+// Close releases nothing; it is there for the command's shape.
+func (c *ExportCommand) Close() error { return nil }
+
+// receiveCopy copies the export to w, validating it as a database, and
+// checks its length and its checksum against the position's.
+func receiveCopy(w io.Writer, resp exportResponse) error {
+	info, err := replica.CopyDatabase(w, resp.Body)
+	if err != nil {
+		return err
+	}
+	if info.Size != resp.Size {
+		return fmt.Errorf("received %d bytes, the node announced %d", info.Size, resp.Size)
+	}
+	if info.Checksum != resp.Pos.Checksum {
+		return fmt.Errorf("the copy's checksum is %s, position %s says %s: it was damaged on the way; export again", info.Checksum, resp.Pos, resp.Pos.Checksum)
+	}
+	return nil
+}
+
+// writeCopy writes the export to a temporary file beside path, checks it,
+// syncs it and renames it over path.
+func writeCopy(path string, resp exportResponse) (err error) {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = tmp.Close()
+			_ = os.Remove(tmp.Name())
+		}
+	}()
+	bw := bufio.NewWriterSize(tmp, 1<<20)
+	if err := receiveCopy(bw, resp); err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	return ltx.SyncDir(dir)
+}
