@@ -294,7 +294,7 @@ func (db *DB) checkImportable(wasWAL bool) error {
 	}
 	if active, err := db.journalActive(); err != nil {
 		return err
-	} else if active || len(db.dirty) > 0 {
+	} else if active || (!wasWAL && len(db.dirty) > 0) { // in WAL mode, checkpoints leave pages here
 		return errors.New("a transaction is in progress on the database; import again once it ends")
 	}
 	if db.log.Pos() != db.pos {

@@ -67,14 +67,17 @@ func queryConn(t testing.TB, conn *sql.Conn, q string) string {
 	return fmt.Sprintf("%v|%v", a, b)
 }
 
-func keptConn(t testing.TB, n *Node, db, mode string) *sql.Conn {
+// keptConn opens one connection to a database in the mount and keeps it
+// open; closing its pool closes it.
+func keptConn(t testing.TB, n *Node, db, mode string) (*sql.Conn, *sql.DB) {
 	t.Helper()
-	conn, err := n.OpenDB(db, mode).Conn(context.Background())
+	pool := n.OpenDB(db, mode)
+	conn, err := pool.Conn(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return conn
+	return conn, pool
 }
 
 // TestImport_Cluster imports on a primary with a replica, through the
@@ -90,7 +93,8 @@ func TestImport_Cluster(t *testing.T) {
 			mustSQLite3(t, p.Path("app.db"), fmt.Sprintf(`PRAGMA journal_mode=%s; CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);
 				INSERT INTO t (v) VALUES ('old1'), ('old2');`, mode))
 			c.WaitConverged(t, "app.db")
-			pconn, rconn := keptConn(t, p, "app.db", mode), keptConn(t, r, "app.db", mode)
+			pconn, _ := keptConn(t, p, "app.db", mode)
+			rconn, _ := keptConn(t, r, "app.db", mode)
 			const q = "SELECT count(*), min(v) FROM t"
 			for _, conn := range []*sql.Conn{pconn, rconn} {
 				if got := queryConn(t, conn, q); got != "2|old1" {
@@ -202,7 +206,7 @@ func TestImport_Refused(t *testing.T) {
 	}
 
 	t.Run("LeaveWALBusy", func(t *testing.T) {
-		conn := keptConn(t, n, "app.db", "WAL")
+		conn, pool := keptConn(t, n, "app.db", "WAL")
 		if got := queryConn(t, conn, "SELECT count(*), sum(x) FROM t"); got != "1|1" {
 			t.Fatalf("before: %s", got)
 		}
@@ -217,6 +221,7 @@ func TestImport_Refused(t *testing.T) {
 			t.Fatalf("after a refused import: %s", got)
 		}
 		conn.Close()
+		pool.Close()
 		out, err = runLitefs(t, "import", "-name", "app.db", "-url", n.URL(), good)
 		if err != nil || !strings.Contains(out, "changed from wal to rollback") {
 			t.Fatalf("leaving WAL with no connection open: %v: %s", err, out)
