@@ -34,10 +34,10 @@ func (s *Server) handleImport(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	name := q.Get("name")
 	noCheck, _ := strconv.ParseBool(q.Get("no-check"))
-	if !s.Store.IsPrimary() {
+	if err := s.Store.checkImport(); err != nil {
 		// Refused before the body is read: a client that sent
 		// "Expect: 100-continue" never sends it.
-		s.transferError(w, "import", name, s.Store.checkImport())
+		s.transferError(w, "import", name, fmt.Errorf("import %q: %w", name, err))
 		return
 	}
 	body := &uploadReader{r: r.Body}

@@ -120,6 +120,13 @@ func (s *Store) Import(ctx context.Context, name string, r io.Reader, opts Impor
 		if db == nil {
 			return ImportResult{}, fmt.Errorf("import %q: %w (deleted meanwhile)", name, ErrDatabaseNotFound)
 		}
+		// The kernel may remember the name as missing; the gate opens
+		// the database through the mount.
+		if created && opts.Gate != nil {
+			if err := opts.Gate.Forget(name); err != nil {
+				s.Logger.Warn("import: drop the kernel's cached names", slog.String(LogKeyDB, name), slog.Any(LogKeyError, err))
+			}
+		}
 	}
 	res, err := db.importFile(ctx, tmp, info, opts, s.TempDir())
 	if created {

@@ -154,6 +154,19 @@ func TestImport_Cluster(t *testing.T) {
 			if got := queryConn(t, pconn, q); got != "50|second1" {
 				t.Errorf("after a refused import: %s", got)
 			}
+
+			// A name the cluster does not have yet is created, after the
+			// kernel was told it is missing.
+			if _, err := os.Stat(p.Path("new.db")); !os.IsNotExist(err) {
+				t.Fatalf("new.db: %v", err)
+			}
+			if out, err := runLitefs(t, "import", "-name", "new.db", "-url", p.URL(), src); err != nil {
+				t.Fatalf("import into a new database: %v: %s", err, out)
+			}
+			c.WaitConverged(t, "new.db")
+			if got := dump(t, r, "new.db", "SELECT count(*) FROM first; SELECT count(*) FROM t"); got != "0\n300" {
+				t.Errorf("replica: new.db: %q", got)
+			}
 		})
 	}
 }
