@@ -207,6 +207,15 @@ func (l *Log) AppendChecked(hdr Header, pages []Page, post checksum.Checksum, ch
 // filesystem) into the log, durably. It must continue the log, unless it
 // is a snapshot, which replaces every file in the log.
 func (l *Log) Adopt(src string, hdr Header, post checksum.Checksum) error {
+	return l.AdoptChecked(src, hdr, post, nil)
+}
+
+// AdoptChecked is Adopt, asking check (if not nil) once the file is in the
+// log durably whether it may stay, as AppendChecked does: if check returns
+// an error, the file is removed, the log stays where it was, and the error
+// is returned. A snapshot is checked before it replaces the other files.
+// The caller has synced src.
+func (l *Log) AdoptChecked(src string, hdr Header, post checksum.Checksum, check func() error) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !hdr.IsSnapshot() && hdr.PreApplyPos() != l.pos {
@@ -218,6 +227,14 @@ func (l *Log) Adopt(src string, hdr Header, post checksum.Checksum) error {
 	}
 	if err := SyncDir(l.dir); err != nil {
 		return err
+	}
+	if check != nil {
+		if err := check(); err != nil {
+			if rerr := os.Remove(path); rerr != nil {
+				return fmt.Errorf("%w (and removing %s failed: %v)", err, filepath.Base(path), rerr)
+			}
+			return err
+		}
 	}
 	info := FileInfo{MinTXID: hdr.MinTXID, MaxTXID: hdr.MaxTXID, ModTime: time.Now()}
 	if hdr.IsSnapshot() {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/litefs-project/litefs/ltx"
@@ -40,6 +41,9 @@ type Server struct {
 	Public func(*http.Request) bool
 	// Metrics, if set, serves GET /metrics (Prometheus).
 	Metrics http.Handler
+	// Gate keeps connections out while POST /import changes a database;
+	// nil if the mount is not up.
+	Gate Gate
 	// Middleware wraps every endpoint, outermost first (metrics and
 	// request logs hook in here); authentication runs inside it.
 	Middleware []func(http.Handler) http.Handler
@@ -59,6 +63,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /stream", s.handleStream)
 	mux.HandleFunc("GET /info", s.handleInfo)
 	mux.HandleFunc("POST /handoff", s.handleHandoff)
+	mux.HandleFunc("POST /import", s.handleImport)
+	mux.HandleFunc("GET /export", s.handleExport)
 	if s.Metrics != nil {
 		mux.Handle("GET /metrics", s.Metrics)
 	}
@@ -235,11 +241,17 @@ var apiErrors = []struct {
 	{ErrNoCandidate, http.StatusConflict, "no-candidate"},
 	{errNoHandoff, http.StatusConflict, "no-handoff"},
 	{ErrReadOnly, http.StatusConflict, "read-only"},
+	{ErrJournalModeBusy, http.StatusConflict, "journal-mode-busy"},
 	{ErrFenced, http.StatusServiceUnavailable, "fenced"},
+	{ErrClosed, http.StatusServiceUnavailable, "closed"},
 	{ErrDatabaseNotFound, http.StatusNotFound, "database-not-found"},
 	{ErrInvalidName, http.StatusBadRequest, "invalid-name"},
 	{ErrNotSQLite, http.StatusBadRequest, "not-sqlite"},
+	{ErrInvalidDatabase, http.StatusBadRequest, "invalid-database"},
+	{errUploadCut, http.StatusBadRequest, "upload-cut"},
 	{errBadRequest, http.StatusBadRequest, "bad-request"},
+	{syscall.ENOSPC, http.StatusInsufficientStorage, "disk-full"},
+	{syscall.EDQUOT, http.StatusInsufficientStorage, "disk-full"},
 }
 
 // apiError is the JSON body of an error answer.
@@ -248,15 +260,19 @@ type apiError struct {
 	Code  string `json:"code,omitempty"`
 }
 
-// writeError answers with err's status code and a JSON body naming it.
-func writeError(w http.ResponseWriter, err error) {
-	status, code := http.StatusInternalServerError, ""
+// apiStatus returns the status code and error code err answers with.
+func apiStatus(err error) (status int, code string) {
 	for _, e := range apiErrors {
 		if errors.Is(err, e.err) {
-			status, code = e.status, e.code
-			break
+			return e.status, e.code
 		}
 	}
+	return http.StatusInternalServerError, ""
+}
+
+// writeError answers with err's status code and a JSON body naming it.
+func writeError(w http.ResponseWriter, err error) {
+	status, code := apiStatus(err)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)

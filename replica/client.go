@@ -54,7 +54,10 @@ type Error struct {
 	Status      int
 	Code        string // the server's error code, "" if none
 	Message     string
-	sentinel    error
+	// PrimaryURL is the primary's API URL a replica named in a
+	// not-primary answer, if it knows it.
+	PrimaryURL string
+	sentinel   error
 }
 
 func (e *Error) Error() string {
@@ -66,7 +69,8 @@ func (e *Error) Unwrap() error { return e.sentinel }
 // readError turns a non-200 answer into an *Error.
 func readError(resp *http.Response) error {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 8<<10))
-	e := &Error{Method: resp.Request.Method, URL: resp.Request.URL.Redacted(), Status: resp.StatusCode, Message: strings.TrimSpace(string(b))}
+	e := &Error{Method: resp.Request.Method, URL: resp.Request.URL.Redacted(), Status: resp.StatusCode,
+		Message: strings.TrimSpace(string(b)), PrimaryURL: resp.Header.Get(HeaderPrimaryURL)}
 	var body apiError
 	if json.Unmarshal(b, &body) == nil && body.Error != "" {
 		e.Message, e.Code = body.Error, body.Code
@@ -74,6 +78,7 @@ func readError(resp *http.Response) error {
 	for _, a := range apiErrors {
 		if a.code != "" && a.code == e.Code {
 			e.sentinel = a.err
+			break
 		}
 	}
 	return e
@@ -92,6 +97,12 @@ func (c *Client) do(ctx context.Context, method, base, path string, q url.Values
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	return c.send(req)
+}
+
+// send sends req with the cluster secret and returns the answer if it is
+// a 200.
+func (c *Client) send(req *http.Request) (*http.Response, error) {
 	if c.Secret != "" {
 		req.Header.Set("Authorization", "Bearer "+c.Secret)
 	}
@@ -190,6 +201,60 @@ func (c *Client) stream(ctx context.Context, base string, req streamRequest) (io
 		return nil, err
 	}
 	return resp.Body, nil
+}
+
+// Import sends the SQLite database file of size bytes read from body to
+// the node at base as database name's next transaction (POST /import). It
+// asks for "100-continue", so a node that refuses at once (a replica) is
+// not sent the file; its error's PrimaryURL names the primary if known.
+func (c *Client) Import(ctx context.Context, base, name string, body io.Reader, size int64, noCheck bool) (ImportResult, error) {
+	q := url.Values{"name": {name}}
+	if noCheck {
+		q.Set("no-check", "1")
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(base, "/")+"/import?"+q.Encode(), body)
+	if err != nil {
+		return ImportResult{}, err
+	}
+	req.ContentLength = size
+	req.Header.Set("Content-Type", "application/vnd.sqlite3")
+	req.Header.Set("Expect", "100-continue")
+	resp, err := c.send(req)
+	if err != nil {
+		return ImportResult{}, err
+	}
+	defer resp.Body.Close()
+	var res ImportResult
+	if err := json.NewDecoder(resp.Body).Decode(&res); err != nil {
+		return ImportResult{}, fmt.Errorf("read the answer of %s: %w", req.URL.Redacted(), err)
+	}
+	return res, nil
+}
+
+// ExportStream is an export being received.
+type ExportStream struct {
+	Body io.ReadCloser // the database file; the caller closes it
+	Pos  ltx.Pos       // the position it holds
+	Size int64         // its length in bytes
+}
+
+// Export asks the node at base for a copy of database name (GET /export).
+func (c *Client) Export(ctx context.Context, base, name string) (ExportStream, error) {
+	resp, err := c.do(ctx, http.MethodGet, base, "/export", url.Values{"name": {name}}, nil)
+	if err != nil {
+		return ExportStream{}, err
+	}
+	u := resp.Request.URL.Redacted()
+	pos, err := ltx.ParsePos(resp.Header.Get(HeaderPosition))
+	if err != nil {
+		resp.Body.Close()
+		return ExportStream{}, fmt.Errorf("%s: %s header: %w", u, HeaderPosition, err)
+	}
+	if resp.ContentLength < 0 {
+		resp.Body.Close()
+		return ExportStream{}, errors.New(u + ": no Content-Length")
+	}
+	return ExportStream{Body: resp.Body, Pos: pos, Size: resp.ContentLength}, nil
 }
 
 // IsUnreachable reports whether err means the node could not be reached

@@ -36,32 +36,70 @@ func (db *DB) journalActive() (bool, error) {
 // transaction in progress to end, since the file may hold its uncommitted
 // pages until then.
 func (db *DB) WriteSnapshot(ctx context.Context, w io.Writer) (ltx.Header, checksum.Checksum, error) {
+	var (
+		hdr ltx.Header
+		enc *ltx.Encoder
+	)
+	img, err := db.readCommitted(ctx, "snapshot", func(img committedImage) error {
+		hdr = ltx.Header{PageSize: img.PageSize, Commit: img.PageN, MinTXID: 1, MaxTXID: img.Pos.TXID, Timestamp: time.Now().UnixMilli()}
+		var err error
+		enc, err = ltx.NewEncoder(w, hdr)
+		return err
+	}, func(pgno uint32, data []byte) error {
+		if pgno == checksum.LockPgno(hdr.PageSize) {
+			return nil
+		}
+		return enc.Page(pgno, data)
+	})
+	if err != nil {
+		return ltx.Header{}, 0, err
+	}
+	if err := enc.Close(img.Pos.Checksum); err != nil {
+		return ltx.Header{}, 0, err
+	}
+	return hdr, img.Pos.Checksum, nil
+}
+
+// committedImage describes the database at one position.
+type committedImage struct {
+	Pos      ltx.Pos
+	PageSize uint32
+	PageN    uint32
+}
+
+// readCommitted passes the database as readers see it at its position to
+// page, every page in order (the lock page as zeros), after begin saw what
+// it is: the file with the WAL's committed frames laid over it. It holds
+// db.mu throughout, so commits and applies wait, never half seen; it first
+// waits for a rollback-mode transaction in progress to end, since the file
+// may hold its uncommitted pages until then. It fails, naming what, if the
+// pages read do not have the position's checksum.
+func (db *DB) readCommitted(ctx context.Context, what string, begin func(committedImage) error, page func(pgno uint32, data []byte) error) (committedImage, error) {
 	for {
 		db.mu.Lock()
 		if db.closed {
 			db.mu.Unlock()
-			return ltx.Header{}, 0, ErrClosed
+			return committedImage{}, ErrClosed
 		}
 		if active, err := db.journalActive(); err != nil {
 			db.mu.Unlock()
-			return ltx.Header{}, 0, err
+			return committedImage{}, err
 		} else if !active {
 			break
 		}
 		db.mu.Unlock()
 		select {
 		case <-ctx.Done():
-			return ltx.Header{}, 0, fmt.Errorf("snapshot %q: a transaction is writing: %w", db.name, context.Cause(ctx))
+			return committedImage{}, fmt.Errorf("%s %q: a transaction is writing: %w", what, db.name, context.Cause(ctx))
 		case <-time.After(time.Millisecond):
 		}
 	}
 	defer db.mu.Unlock()
 
 	if db.pos.TXID == 0 {
-		return ltx.Header{}, 0, fmt.Errorf("snapshot %q: no transaction yet", db.name)
+		return committedImage{}, fmt.Errorf("%s %q: no transaction yet", what, db.name)
 	}
-	pageN := db.chk.PageN()
-	hdr := ltx.Header{PageSize: db.pageSize, Commit: pageN, MinTXID: 1, MaxTXID: db.pos.TXID, Timestamp: time.Now().UnixMilli()}
+	img := committedImage{Pos: db.pos, PageSize: db.pageSize, PageN: db.chk.PageN()}
 
 	// Pages in the WAL's committed frames are newer than the file's.
 	frames := map[uint32]int64{}
@@ -69,12 +107,12 @@ func (db *DB) WriteSnapshot(ctx context.Context, w io.Writer) (ltx.Header, check
 	if db.wal.valid && db.wal.end > walHeaderSize {
 		f, err := os.Open(db.WALPath())
 		if err != nil {
-			return ltx.Header{}, 0, err
+			return committedImage{}, err
 		}
 		defer f.Close()
 		txns, err := readWALTxns(f, db.wal.end, db.wal.hdr, walHeaderSize, db.wal.hdr.cksum)
 		if err != nil {
-			return ltx.Header{}, 0, err
+			return committedImage{}, err
 		}
 		for _, txn := range txns {
 			for _, fr := range txn.frames {
@@ -83,35 +121,32 @@ func (db *DB) WriteSnapshot(ctx context.Context, w io.Writer) (ltx.Header, check
 		}
 		wal = f
 	}
-
-	enc, err := ltx.NewEncoder(w, hdr)
-	if err != nil {
-		return ltx.Header{}, 0, err
+	if err := begin(img); err != nil {
+		return committedImage{}, err
 	}
 	tbl := checksum.NewTable(db.pageSize)
 	buf := make([]byte, db.pageSize)
 	lock := checksum.LockPgno(db.pageSize)
-	for pgno := uint32(1); pgno <= pageN; pgno++ {
-		if pgno == lock {
-			continue
+	for pgno := uint32(1); pgno <= img.PageN; pgno++ {
+		if pgno%1024 == 0 && ctx.Err() != nil {
+			return committedImage{}, fmt.Errorf("%s %q: %w", what, db.name, context.Cause(ctx))
 		}
-		if off, ok := frames[pgno]; ok {
+		if pgno == lock {
+			clear(buf)
+		} else if off, ok := frames[pgno]; ok {
 			if _, err := wal.ReadAt(buf, off); err != nil {
-				return ltx.Header{}, 0, err
+				return committedImage{}, err
 			}
 		} else if err := db.readDBPage(pgno, buf); err != nil {
-			return ltx.Header{}, 0, err
+			return committedImage{}, err
 		}
 		tbl.Set(pgno, buf)
-		if err := enc.Page(pgno, buf); err != nil {
-			return ltx.Header{}, 0, err
+		if err := page(pgno, buf); err != nil {
+			return committedImage{}, err
 		}
 	}
-	if got := tbl.Sum(); got != db.pos.Checksum {
-		return ltx.Header{}, 0, fmt.Errorf("snapshot %q: pages read have checksum %s, position says %s", db.name, got, db.pos.Checksum)
+	if got := tbl.Sum(); got != img.Pos.Checksum {
+		return committedImage{}, fmt.Errorf("%s %q: pages read have checksum %s, position says %s", what, db.name, got, img.Pos.Checksum)
 	}
-	if err := enc.Close(db.pos.Checksum); err != nil {
-		return ltx.Header{}, 0, err
-	}
-	return hdr, db.pos.Checksum, nil
+	return img, nil
 }

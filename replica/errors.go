@@ -18,6 +18,17 @@ var (
 	// valid SQLite header.
 	ErrNotSQLite = errors.New("not a SQLite database")
 
+	// ErrInvalidDatabase is returned by CopyDatabase and Store.Import for a
+	// file that is not a whole, sound SQLite database; the error says what
+	// was wrong and what to do. Nothing was changed.
+	ErrInvalidDatabase = errors.New("invalid database file")
+
+	// ErrJournalModeBusy is returned by Store.Import when the database is
+	// in WAL mode with connections open and the imported file is in
+	// rollback-journal mode: as with PRAGMA journal_mode=DELETE, leaving
+	// WAL needs every other connection closed. Nothing was changed.
+	ErrJournalModeBusy = errors.New("leaving WAL mode needs every connection to the database closed")
+
 	// ErrDatabaseNotFound is returned for a database the store does not have.
 	ErrDatabaseNotFound = errors.New("database not found")
 

@@ -60,6 +60,20 @@ func run(ctx context.Context, args []string) error {
 		return runErr
 	case "handoff":
 		return runHandoff(ctx, rest)
+	case "import":
+		c := NewImportCommand()
+		if err := c.ParseFlags(rest); err != nil {
+			return err
+		}
+		defer c.Close()
+		return c.Run(ctx)
+	case "export":
+		c := NewExportCommand()
+		if err := c.ParseFlags(rest); err != nil {
+			return err
+		}
+		defer c.Close()
+		return c.Run(ctx)
 	case "version":
 		fmt.Println("litefs", Version)
 		return nil
@@ -115,6 +129,12 @@ Usage:
 	litefs mount [-config PATH]   mount the databases (default command)
 	litefs handoff [-to HOSTNAME] [-url URL] [-secret SECRET]
 	                              hand the primary lease to a candidate
+	litefs import -name DB [-url URL] [-no-check] FILE
+	                              replace a database with a SQLite file, as
+	                              one transaction on the primary
+	litefs export -name DB [-url URL] FILE
+	                              copy one position of a database from any
+	                              node to FILE (- for standard output)
 	litefs version                print the version
 
 The config is read from -config, else ./litefs.yml, else /etc/litefs.yml.

@@ -123,6 +123,7 @@ func (c *MountCommand) Run(ctx context.Context) error {
 	}
 	c.Server = replica.NewServer(c.Store, c.Config.Lease.Hostname)
 	c.Server.Secret = c.Config.HTTP.Secret
+	c.Server.Gate = c.FS
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	c.Store.Metrics = replica.NewMetrics(reg, c.Store, c.Server)

@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/litefs-project/litefs/replica"
+)
+
+// ImportCommand is `litefs import -name DB [-url URL] [-no-check] FILE`.
+// A node that is not the primary answers not-primary with the primary's
+// URL; the command then sends the file there itself (the node does not
+// forward it).
+type ImportCommand struct {
+	Name    string // the database in the mount
+	URL     string // the node's API
+	NoCheck bool   // skip PRAGMA quick_check on the node
+	Path    string // the SQLite database file to import
+	Secret  string // the cluster secret
+	Stdout  io.Writer
+}
+
+// NewImportCommand returns an import command with defaults.
+func NewImportCommand() *ImportCommand {
+	return &ImportCommand{URL: "http://localhost" + DefaultHTTPAddr, Stdout: os.Stdout}
+}
+
+// ParseFlags reads the command line.
+func (c *ImportCommand) ParseFlags(args []string) error {
+	fs := flag.NewFlagSet("litefs-import", flag.ContinueOnError)
+	fs.StringVar(&c.Name, "name", "", "database name in the mount (required)")
+	fs.StringVar(&c.URL, "url", c.URL, "API URL of a node; a replica names the primary, which the file is then sent to")
+	fs.BoolVar(&c.NoCheck, "no-check", false, "skip PRAGMA quick_check on the received copy (for very large files)")
+	secret := secretFlag(fs)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: litefs import -name DB [-url URL] [-no-check] FILE")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return errors.New("import: want exactly one FILE")
+	}
+	if c.Name == "" {
+		return errors.New("import: -name is required")
+	}
+	if err := replica.ValidateName(c.Name); err != nil {
+		return fmt.Errorf("import: -name: %w", err)
+	}
+	c.Path, c.Secret = fs.Arg(0), *secret
+	return nil
+}
+
+// Run checks the file and sends it.
+func (c *ImportCommand) Run(ctx context.Context) error {
+	if err := checkImportSource(c.Path); err != nil {
+		return err
+	}
+	res, err := c.send(ctx, c.URL)
+	var apiErr *replica.Error
+	if errors.Is(err, replica.ErrNotPrimary) && errors.As(err, &apiErr) && apiErr.PrimaryURL != "" {
+		fmt.Fprintf(c.Stdout, "%s is not the primary; sending the file to the primary at %s\n", c.URL, apiErr.PrimaryURL)
+		res, err = c.send(ctx, apiErr.PrimaryURL)
+	}
+	if err != nil {
+		return fmt.Errorf("import %s: %w", c.Path, err)
+	}
+	fmt.Fprintf(c.Stdout, "imported %s into %s: position %s, %d pages of %d bytes\n", c.Path, res.DB, res.Position, res.Pages, res.PageSize)
+	if res.JournalModeChanged {
+		fmt.Fprintf(c.Stdout, "the journal mode of %s changed from %s to %s, as the imported file has it\n", res.DB, res.PreviousJournalMode, res.JournalMode)
+	}
+	return nil
+}
+
+func (c *ImportCommand) send(ctx context.Context, base string) (replica.ImportResult, error) {
+	f, err := os.Open(c.Path)
+	if err != nil {
+		return replica.ImportResult{}, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return replica.ImportResult{}, err
+	}
+	return apiClient(c.Secret).Import(ctx, base, c.Name, f, fi.Size(), c.NoCheck)
+}
+
+// Close releases nothing; it is there for the command's shape.
+func (c *ImportCommand) Close() error { return nil }
+
+// checkImportSource refuses a file that is not a regular file, or whose
+// last transactions are not in it: a hot journal beside it (a transaction
+// to roll back) or a WAL with frames not checkpointed.
+func checkImportSource(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("import: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("import: %s is not a regular file", path)
+	}
+	if b, err := readPrefix(path+"-journal", 8); err == nil && replica.IsJournalMagic(b) {
+		return fmt.Errorf("import: %s-journal holds an unfinished transaction (a hot journal): open the database once, for example with sqlite3 %s 'PRAGMA quick_check', which rolls it back, then import again", path, path)
+	}
+	if wi, err := os.Stat(path + "-wal"); err == nil && wi.Size() > 0 {
+		return fmt.Errorf("import: %s-wal holds transactions that may not be in %s yet: checkpoint it with sqlite3 %s 'PRAGMA wal_checkpoint(TRUNCATE)' and import again", path, path, path)
+	}
+	return nil
+}
+
+// readPrefix reads the first n bytes of the file at path.
+func readPrefix(path string, n int) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, n)
+	if _, err := io.ReadFull(f, b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
