@@ -16,7 +16,7 @@ const (
 	// HeaderPosition carries the position (txid/checksum) an export holds.
 	HeaderPosition = "Litefs-Position"
 	// HeaderPrimary and HeaderPrimaryURL name the primary in a replica's
-	// 421 answer to POST /import, when it knows them.
+	// not-primary answer to POST /import, when it knows them.
 	HeaderPrimary    = "Litefs-Primary"
 	HeaderPrimaryURL = "Litefs-Primary-Url"
 )
@@ -27,7 +27,7 @@ var errUploadCut = errors.New("the upload was cut off")
 // handleImport serves POST /import?name=DB[&no-check=1]: the body is a
 // SQLite database file, which becomes the database's next transaction
 // (Store.Import). The answer is an ImportResult in JSON, or an error
-// message with a status: 400 invalid file or name, 421 not the primary
+// message with a status: 400 invalid file or name, 409 not the primary
 // (with HeaderPrimary and HeaderPrimaryURL when known), 409 leaving WAL
 // mode with connections open, 503 fenced or stepping down, 507 disk full.
 func (s *Server) handleImport(w http.ResponseWriter, r *http.Request) {
