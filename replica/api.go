@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"net/http"
 	"strings"
 	"sync"
@@ -49,7 +51,7 @@ type Server struct {
 	Middleware []func(http.Handler) http.Handler
 
 	mu       sync.Mutex
-	replicas map[*streamRequest]struct{} // connected replicas
+	replicas map[*streamRequest]*replicaConn // connected replicas
 }
 
 // NewServer returns a server over store with defaults.
@@ -80,20 +82,42 @@ func (s *Server) Handler() http.Handler {
 
 // ReplicaInfo describes a replica connected to this primary.
 type ReplicaInfo struct {
-	Node         string
-	AdvertiseURL string
-	Candidate    bool
+	Node         string            `json:"node"`
+	AdvertiseURL string            `json:"advertise_url,omitempty"`
+	Candidate    bool              `json:"candidate"`
+	Since        time.Time         `json:"connected_since"`
+	Positions    map[string]string `json:"positions"` // what this primary sent it
 }
 
-// Replicas returns the replicas connected now.
+// replicaConn is a connected replica's stream, as the server tracks it.
+type replicaConn struct {
+	since time.Time
+	sent  map[string]string // positions sent, guarded by Server.mu
+}
+
+// Replicas returns the replicas connected now, sorted by name.
 func (s *Server) Replicas() []ReplicaInfo {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	a := make([]ReplicaInfo, 0, len(s.replicas))
-	for r := range s.replicas {
-		a = append(a, ReplicaInfo{Node: r.Node, AdvertiseURL: r.AdvertiseURL, Candidate: r.Candidate})
+	for r, c := range s.replicas {
+		a = append(a, ReplicaInfo{Node: r.Node, AdvertiseURL: r.AdvertiseURL, Candidate: r.Candidate, Since: c.since, Positions: maps.Clone(c.sent)})
 	}
+	slices.SortFunc(a, func(x, y ReplicaInfo) int { return strings.Compare(x.Node, y.Node) })
 	return a
+}
+
+// setSent records the positions sent to a replica.
+func (s *Server) setSent(req *streamRequest, sent map[string]ltx.Pos) {
+	m := make(map[string]string, len(sent))
+	for name, pos := range sent {
+		m[name] = pos.String()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.replicas[req]; c != nil {
+		c.sent = m
+	}
 }
 
 // NodeInfo is the body of GET /info.
@@ -106,6 +130,23 @@ type NodeInfo struct {
 	PrimaryURL      string `json:"primary_url,omitempty"`
 	// Positions holds every database's position, "TXID/checksum" in hex.
 	Positions map[string]string `json:"positions"`
+
+	// Connected says whether a replica's stream to the primary is up, and
+	// since when (or since when it is down).
+	Connected      bool      `json:"connected"`
+	ConnectedSince time.Time `json:"connected_since"`
+	// LagSeconds is how long a replica has been behind the primary's last
+	// reported positions (0 when caught up, and on the primary).
+	LagSeconds float64 `json:"lag_seconds"`
+	// PrimaryPositions are the primary's positions as last reported.
+	PrimaryPositions map[string]string `json:"primary_positions,omitempty"`
+	// WritesUntil, on a primary whose lease can expire, is when it stops
+	// writing unless the lease is renewed first.
+	WritesUntil *time.Time `json:"writes_until,omitempty"`
+	// Replicas, on the primary, are the replicas streaming from it.
+	Replicas []ReplicaInfo `json:"replicas,omitempty"`
+	// Aside lists the databases kept aside in data.dir/aside.
+	Aside []string `json:"aside,omitempty"`
 }
 
 // Pos returns the position of database name, zero if it has none.
@@ -130,6 +171,23 @@ func (i NodeInfo) TXIDs() (map[string]uint64, error) {
 	return a, nil
 }
 
+// Health returns nil for a healthy node: a primary that is not past its
+// fence, or a replica connected to the primary and behind it by at most
+// maxLag. Otherwise it says what is wrong.
+func (i NodeInfo) Health(maxLag time.Duration) error {
+	switch {
+	case i.Primary && i.WritesUntil != nil && !time.Now().Before(*i.WritesUntil):
+		return fmt.Errorf("the primary's lease was not renewed in time: writes refused since %s", i.WritesUntil.Format(time.RFC3339Nano))
+	case i.Primary:
+		return nil
+	case !i.Connected:
+		return fmt.Errorf("not connected to the primary (since %s)", i.ConnectedSince.Format(time.RFC3339))
+	case i.LagSeconds > maxLag.Seconds():
+		return fmt.Errorf("lags the primary by %.1fs, more than %s", i.LagSeconds, maxLag)
+	}
+	return nil
+}
+
 // Has reports whether the node is at every position in want. A database
 // with no transaction is wanted at nothing: there is nothing in it to
 // lose, and the stream does not send it.
@@ -147,7 +205,22 @@ func (i NodeInfo) Has(want map[string]ltx.Pos) bool {
 
 func (s *Server) info() NodeInfo {
 	p := s.Store.Primary()
-	return NodeInfo{Node: s.Hostname, Primary: s.Store.IsPrimary(), PrimaryHostname: p.Hostname, PrimaryURL: p.URL, Positions: s.positions()}
+	info := NodeInfo{Node: s.Hostname, Primary: p.Self, PrimaryHostname: p.Hostname, PrimaryURL: p.URL, Positions: s.positions(),
+		Connected: p.Self || p.Connected, ConnectedSince: p.Since, LagSeconds: s.Store.Lag().Seconds()}
+	if len(p.Positions) > 0 {
+		info.PrimaryPositions = make(map[string]string, len(p.Positions))
+		for name, pos := range p.Positions {
+			info.PrimaryPositions[name] = pos.String()
+		}
+	}
+	if p.Self {
+		if f := s.Store.Fence(); !f.IsZero() {
+			info.WritesUntil = &f
+		}
+		info.Replicas = s.Replicas()
+	}
+	info.Aside, _ = s.Store.Aside()
+	return info
 }
 
 // handleInfo answers GET /info. With wait=DURATION and want=DB=POS (any

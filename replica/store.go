@@ -207,6 +207,32 @@ func (s *Store) SetPrimaryURL(url string) {
 	s.roleChangedLocked()
 }
 
+// Fence returns the time from which this primary refuses commits (zero:
+// never, or not the primary).
+func (s *Store) Fence() time.Time {
+	s.roleMu.Lock()
+	defer s.roleMu.Unlock()
+	if !s.primary {
+		return time.Time{}
+	}
+	return s.fence
+}
+
+// Aside lists the database states kept aside in AsideDir, by name.
+func (s *Store) Aside() ([]string, error) {
+	ents, err := os.ReadDir(s.AsideDir())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	var a []string
+	for _, e := range ents {
+		a = append(a, e.Name())
+	}
+	return a, nil
+}
+
 // PrimaryStatus is what a node knows of the primary.
 type PrimaryStatus struct {
 	Self      bool   // this node is the primary

@@ -45,9 +45,9 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	logger.Info("replica connected", slog.String("url", req.AdvertiseURL), slog.Bool("candidate", req.Candidate))
 	s.mu.Lock()
 	if s.replicas == nil {
-		s.replicas = make(map[*streamRequest]struct{})
+		s.replicas = make(map[*streamRequest]*replicaConn)
 	}
-	s.replicas[&req] = struct{}{}
+	s.replicas[&req] = &replicaConn{since: time.Now(), sent: req.Positions}
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
@@ -55,7 +55,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		s.mu.Unlock()
 	}()
 	st := &streamWriter{w: w, flusher: flusher}
-	err := s.stream(r.Context(), st, sent, logger)
+	err := s.stream(r.Context(), st, &req, sent, logger)
 	if err != nil && r.Context().Err() == nil {
 		logger.Warn("replication stream ended", slog.Any(LogKeyError, err))
 	} else {
@@ -81,7 +81,7 @@ func (st *streamWriter) flush() { st.flusher.Flush() }
 // stream sends everything the replica lacks, then every change as it
 // happens, with heartbeats, until ctx ends or a write fails. sent holds the
 // replica's position of each database and is kept up to date.
-func (s *Server) stream(ctx context.Context, st *streamWriter, sent map[string]ltx.Pos, logger *slog.Logger) error {
+func (s *Server) stream(ctx context.Context, st *streamWriter, req *streamRequest, sent map[string]ltx.Pos, logger *slog.Logger) error {
 	if err := st.json(frameHello, streamHello{Hostname: s.Hostname}); err != nil {
 		return err
 	}
@@ -116,6 +116,7 @@ func (s *Server) stream(ctx context.Context, st *streamWriter, sent map[string]l
 				delete(sent, name)
 			}
 		}
+		s.setSent(req, sent)
 		if first { // the replica learns at once where the primary is
 			if err := s.heartbeat(st); err != nil {
 				return err

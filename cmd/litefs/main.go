@@ -58,6 +58,8 @@ func run(ctx context.Context, args []string) error {
 			runErr = err
 		}
 		return runErr
+	case "status":
+		return runStatus(ctx, rest, os.Stdout)
 	case "handoff":
 		return runHandoff(ctx, rest)
 	case "import":
@@ -129,6 +131,9 @@ Usage:
 	litefs mount [-config PATH]   mount the databases (default command)
 	litefs handoff [-to HOSTNAME] [-url URL] [-secret SECRET]
 	                              hand the primary lease to a candidate
+	litefs status [-url URL] [-json] [-max-lag 10s]
+	                              the node's role, primary, positions, lag and
+	                              replicas; exit 1 if unhealthy, 2 if unreachable
 	litefs import -name DB [-url URL] [-no-check] FILE
 	                              replace a database with a SQLite file, as
 	                              one transaction on the primary
@@ -138,5 +143,7 @@ Usage:
 	litefs version                print the version
 
 The config is read from -config, else ./litefs.yml, else /etc/litefs.yml.
+The commands that call a node's API take -secret (default $LITEFS_SECRET),
+the cluster secret (http.secret).
 `)
 }
