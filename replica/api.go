@@ -67,6 +67,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /handoff", s.handleHandoff)
 	mux.HandleFunc("POST /import", s.handleImport)
 	mux.HandleFunc("GET /export", s.handleExport)
+	mux.HandleFunc("GET /events", s.handleEvents)
 	if s.Metrics != nil {
 		mux.Handle("GET /metrics", s.Metrics)
 	}
