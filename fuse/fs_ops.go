@@ -353,15 +353,9 @@ func (fs *FS) truncate(n *node, size int64) error {
 	case kindDB:
 		return n.db.Truncate(size)
 	case kindJournal:
-		if size == 0 { // TRUNCATE mode ends a transaction this way
-			return n.db.CommitJournal(func() error { return os.Truncate(n.realPath(), 0) })
-		}
+		return n.db.TruncateJournal(size)
 	case kindWAL:
-		if err := os.Truncate(n.realPath(), size); err != nil {
-			return err
-		}
-		n.db.WALTruncated(size)
-		return nil
+		return n.db.TruncateWAL(size)
 	}
 	return os.Truncate(n.realPath(), size)
 }
@@ -632,24 +626,9 @@ func (fs *FS) write(r *fuse.WriteRequest) {
 			fs.discardIfEmpty(n)
 		}
 	case kindJournal:
-		if isJournalHeaderZeroed(r.Data, r.Offset) {
-			// PERSIST mode ends a transaction by zeroing the header; the
-			// same write also starts a synced transaction, when nothing
-			// is pending and CommitJournal only performs the write.
-			err = n.db.CommitJournal(func() error {
-				var werr error
-				nw, werr = f.WriteAt(r.Data, r.Offset)
-				return werr
-			})
-		} else {
-			nw, err = f.WriteAt(r.Data, r.Offset)
-		}
+		nw, err = n.db.WriteJournalAt(f, r.Data, r.Offset)
 	case kindWAL:
-		// A write that completes a commit frame becomes an LTX file
-		// before it returns, so before SQLite publishes the commit.
-		if nw, err = f.WriteAt(r.Data, r.Offset); err == nil {
-			err = n.db.WALWritten(f, r.Offset, nw)
-		}
+		nw, err = n.db.WriteWALAt(f, r.Data, r.Offset)
 	default:
 		nw, err = f.WriteAt(r.Data, r.Offset)
 	}
@@ -688,15 +667,6 @@ func (fs *FS) unlinkCompanions(db string) []string {
 	fs.mu.Unlock()
 	fs.markDirDirty(fs.Store.DBDir())
 	return names
-}
-
-// isJournalHeaderZeroed reports whether a write at off leaves the journal
-// without its magic number.
-func isJournalHeaderZeroed(p []byte, off int64) bool {
-	if off != 0 || len(p) < 8 {
-		return false
-	}
-	return !replica.IsJournalMagic(p[:8])
 }
 
 func (fs *FS) release(r *fuse.ReleaseRequest) {
@@ -795,18 +765,17 @@ func (fs *FS) remove(r *fuse.RemoveRequest) {
 			// directory, so send it after responding.
 			defer func() { go fs.invalidateEntries(names) }()
 		}
-	case kindJournal: // DELETE mode ends a transaction this way
-		if err = n.db.CommitJournal(func() error { return os.Remove(n.realPath()) }); err == nil {
+	case kindJournal:
+		if err = n.db.RemoveJournal(); err == nil {
 			fs.failpoint(FailpointJournalFinalized, r.Pid)
 		}
 	case kindSuperJournal:
-		if err = os.Remove(n.realPath()); err == nil {
+		_, suffix, _ := replica.SplitSuperJournal(n.name)
+		if err = n.db.RemoveSuperJournal(suffix); err == nil {
 			fs.failpoint(FailpointSuperJournalRemoved, r.Pid)
 		}
 	case kindWAL:
-		if err = os.Remove(n.realPath()); err == nil {
-			n.db.WALRemoved()
-		}
+		err = n.db.RemoveWAL()
 	default:
 		err = os.Remove(n.realPath())
 	}
