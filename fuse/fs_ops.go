@@ -37,7 +37,7 @@ func (fs *FS) handle(req fuse.Request) {
 	case *fuse.FlushRequest:
 		// Nothing to flush: writes reach the real file before they return.
 		// ENOSYS makes the kernel stop sending flushes on close.
-		r.RespondError(fuse.ENOSYS)
+		r.RespondError(syscall.ENOSYS)
 	case *fuse.ReleaseRequest:
 		fs.release(r)
 	case *fuse.FsyncRequest:
@@ -71,13 +71,13 @@ func (fs *FS) handle(req fuse.Request) {
 	default:
 		// Access, xattrs, poll, fallocate: ENOSYS tells the kernel not to ask
 		// again (for access and xattrs), so these cost at most one round trip.
-		req.RespondError(fuse.ENOSYS)
+		req.RespondError(syscall.ENOSYS)
 	}
 }
 
 func (fs *FS) unsupported(req fuse.Request, what string) {
 	fs.Logger.Warn(what, slog.String("op", req.String()))
-	req.RespondError(fuse.Errno(syscall.EPERM))
+	req.RespondError(syscall.EPERM)
 }
 
 // errno turns an error from the store into the errno a caller sees, and
@@ -89,14 +89,14 @@ func (fs *FS) errno(op string, n *node, err error) error {
 		if n != nil && n.db != nil && replica.IsDiskFull(err) {
 			n.db.DiskFull(err) // logged once per episode, with where
 		}
-		return fuse.Errno(errno)
+		return errno
 	case errors.Is(err, os.ErrNotExist), errors.Is(err, replica.ErrDatabaseNotFound):
-		return fuse.ENOENT
+		return syscall.ENOENT
 	case errors.Is(err, replica.ErrDatabaseExists):
-		return fuse.EEXIST
+		return syscall.EEXIST
 	case errors.Is(err, replica.ErrInvalidName):
 		fs.Logger.Warn(op + ": " + err.Error() + "; database names may not start with '.' or end in -journal, -wal, -shm or -pos")
-		return fuse.Errno(syscall.EINVAL)
+		return syscall.EINVAL
 	case errors.Is(err, replica.ErrReadOnly):
 		// SQLite opens every connection for writing first, so this is
 		// common and logged at most every few seconds.
@@ -108,24 +108,24 @@ func (fs *FS) errno(op string, n *node, err error) error {
 			fs.Logger.Info(op+" refused: this node is a replica, its databases are read-only (SQLite reports "+
 				"\"attempt to write a readonly database\"); send writes to the primary", slog.String("primary", primary))
 		}
-		return fuse.Errno(syscall.EROFS)
+		return syscall.EROFS
 	case errors.Is(err, replica.ErrFenced):
 		if fs.readOnlyLog.Allow() {
 			fs.Logger.Warn(op + " refused: " + err.Error() + "; the node steps down unless a renewal succeeds (is Consul reachable?)")
 		}
-		return fuse.Errno(syscall.EROFS)
+		return syscall.EROFS
 	case errors.Is(err, replica.ErrNotPageWrite):
 		fs.Logger.Warn(op+" refused: "+err.Error()+
 			"; only SQLite may write database files in the mount: to load an existing database file, run sqlite3 on the mount's database with \".restore /path/to/file.db\" (litefs import, for manual recovery, is planned)",
 			slog.String(replica.LogKeyDB, n.db.Name()))
-		return fuse.Errno(syscall.EINVAL)
+		return syscall.EINVAL
 	default:
 		attrs := []any{slog.Any(replica.LogKeyError, err)}
 		if n != nil && n.db != nil {
 			attrs = append(attrs, slog.String(replica.LogKeyDB, n.db.Name()))
 		}
 		fs.Logger.Error(op+" failed", attrs...)
-		return fuse.EIO
+		return syscall.EIO
 	}
 }
 
@@ -267,7 +267,7 @@ func posContent(db *replica.DB) string { return db.Pos().String() + "\n" }
 
 func (fs *FS) lookup(r *fuse.LookupRequest) {
 	if r.Node != fuse.RootID {
-		r.RespondError(fuse.ENOENT)
+		r.RespondError(syscall.ENOENT)
 		return
 	}
 	fs.mu.Lock()
@@ -308,7 +308,7 @@ func (fs *FS) getattr(r *fuse.GetattrRequest) {
 	}
 	n := fs.node(r.Node)
 	if n == nil {
-		r.RespondError(fuse.ENOENT)
+		r.RespondError(syscall.ENOENT)
 		return
 	}
 	a, err := fs.attr(n)
@@ -326,7 +326,7 @@ func (fs *FS) setattr(r *fuse.SetattrRequest) {
 	}
 	n := fs.node(r.Node)
 	if n == nil {
-		r.RespondError(fuse.ENOENT)
+		r.RespondError(syscall.ENOENT)
 		return
 	}
 	if r.Valid.Size() {
@@ -372,12 +372,12 @@ func (fs *FS) open(r *fuse.OpenRequest) {
 		return
 	}
 	if fs.NoOpen {
-		r.RespondError(fuse.ENOSYS)
+		r.RespondError(syscall.ENOSYS)
 		return
 	}
 	n := fs.node(r.Node)
 	if n == nil {
-		r.RespondError(fuse.ENOENT)
+		r.RespondError(syscall.ENOENT)
 		return
 	}
 	// The node itself opens databases for writing to take their locks.
@@ -452,12 +452,12 @@ func (fs *FS) handleOf(id fuse.HandleID) *handle {
 
 func (fs *FS) create(r *fuse.CreateRequest) {
 	if r.Node != fuse.RootID {
-		r.RespondError(fuse.ENOENT)
+		r.RespondError(syscall.ENOENT)
 		return
 	}
 	base, k := parseName(r.Name)
 	if k == kindPos || r.Name == primaryFile || r.Name == lagFile {
-		r.RespondError(fuse.Errno(syscall.EPERM))
+		r.RespondError(syscall.EPERM)
 		return
 	}
 	if (k == kindDB || k == kindJournal || k == kindSuperJournal) && !fs.Store.IsPrimary() {
@@ -468,7 +468,7 @@ func (fs *FS) create(r *fuse.CreateRequest) {
 			// reports a journal it may not create for lack of access as
 			// SQLITE_READONLY ("attempt to write a readonly database");
 			// EROFS would make it "unable to open database file".
-			err = fuse.Errno(syscall.EACCES)
+			err = syscall.EACCES
 		}
 		r.RespondError(err)
 		return
@@ -477,7 +477,7 @@ func (fs *FS) create(r *fuse.CreateRequest) {
 	n := fs.resolve(r.Name)
 	fs.mu.Unlock()
 	if n != nil && r.Flags&fuse.OpenExclusive != 0 {
-		r.RespondError(fuse.EEXIST)
+		r.RespondError(syscall.EEXIST)
 		return
 	}
 	if n == nil {
@@ -556,7 +556,7 @@ func (fs *FS) read(r *fuse.ReadRequest) {
 	if r.Dir {
 		h := fs.handleOf(r.Handle)
 		if h == nil {
-			r.RespondError(fuse.Errno(syscall.EBADF))
+			r.RespondError(syscall.EBADF)
 			return
 		}
 		resp := &fuse.ReadResponse{Data: make([]byte, 0, r.Size)}
@@ -566,7 +566,7 @@ func (fs *FS) read(r *fuse.ReadRequest) {
 	}
 	n := fs.node(r.Node)
 	if n == nil {
-		r.RespondError(fuse.Errno(syscall.ESTALE))
+		r.RespondError(syscall.ESTALE)
 		return
 	}
 	if isSpecial(n.kind) {
@@ -602,7 +602,7 @@ func (fs *FS) read(r *fuse.ReadRequest) {
 func (fs *FS) write(r *fuse.WriteRequest) {
 	n := fs.node(r.Node)
 	if n == nil {
-		r.RespondError(fuse.Errno(syscall.ESTALE))
+		r.RespondError(syscall.ESTALE)
 		return
 	}
 	var (
@@ -689,7 +689,7 @@ func (fs *FS) fsync(r *fuse.FsyncRequest) {
 	}
 	n := fs.node(r.Node)
 	if n == nil {
-		r.RespondError(fuse.Errno(syscall.ESTALE))
+		r.RespondError(syscall.ESTALE)
 		return
 	}
 	datasync := r.Flags&1 != 0
@@ -740,14 +740,14 @@ func (fs *FS) syncDirs() error {
 
 func (fs *FS) remove(r *fuse.RemoveRequest) {
 	if r.Node != fuse.RootID || r.Dir {
-		r.RespondError(fuse.ENOENT)
+		r.RespondError(syscall.ENOENT)
 		return
 	}
 	fs.mu.Lock()
 	n := fs.resolve(r.Name)
 	fs.mu.Unlock()
 	if n == nil {
-		r.RespondError(fuse.ENOENT)
+		r.RespondError(syscall.ENOENT)
 		return
 	}
 	err := fs.checkWritable(n)
