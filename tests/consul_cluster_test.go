@@ -305,12 +305,3 @@ func checkNoneLost(t testing.TB, n *Node, db string, acks []ack) {
 		t.Fatalf("%d acknowledged writes missing on %s: %v", len(lost), n.Name, lost[:min(len(lost), 20)])
 	}
 }
-
-func (c *ConsulCluster) node(name string) *Node {
-	for _, n := range c.Nodes {
-		if n.Name == name {
-			return n
-		}
-	}
-	return nil
-}
