@@ -13,32 +13,6 @@ import (
 	"github.com/litefs-project/litefs/ltx"
 )
 
-// CommitJournal ends a rollback-journal transaction. The FUSE layer calls
-// it when SQLite deletes the journal (DELETE), truncates it to zero
-// (TRUNCATE) or zeroes its header (PERSIST); finalize performs that
-// operation on the real journal. If pages changed since the last commit,
-// they become one LTX file, durable before finalize runs and before the
-// position moves. A rollback (pages written back to what they were)
-// produces nothing.
-//
-// If writing the LTX file fails, finalize does not run, so SQLite sees its
-// commit fail and its journal still in place.
-func (db *DB) CommitJournal(finalize func() error) error {
-	db.mu.Lock()
-	defer db.mu.Unlock()
-	if db.closed {
-		return ErrClosed
-	}
-	if err := db.commit(); err != nil {
-		db.commitFailed(err)
-		return err
-	}
-	if finalize == nil {
-		return nil
-	}
-	return finalize()
-}
-
 // commit turns the pages written to the database file since the last
 // commit into an LTX file. db.mu must be held.
 func (db *DB) commit() error {

@@ -26,7 +26,7 @@ func (db *DB) journalActive() (bool, error) {
 	if n, _ := f.ReadAt(b, 0); n < len(b) {
 		return false, nil
 	}
-	return IsJournalMagic(b), nil
+	return isJournalMagic(b), nil
 }
 
 // WriteSnapshot writes the database as readers see it at its current

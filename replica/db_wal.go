@@ -29,13 +29,24 @@ func (w *walState) start(hdr walHeader) {
 
 func (w *walState) frameSize() int64 { return walFrameHeaderSize + int64(w.hdr.pageSize) }
 
-// WALWritten is called after n bytes were written at off to the WAL, which r
-// reads. When the write completes a commit frame (its page, or its header
-// when SQLite rewrites checksums after writing the frame), the frames of
-// the transaction become one LTX file before WALWritten returns, so before
-// SQLite publishes the commit to readers through the WAL index. A new WAL
-// header (a restart after a checkpoint) starts the WAL over.
-func (db *DB) WALWritten(r io.ReaderAt, off int64, n int) error {
+// WriteWALAt writes p at off to the WAL open as f and returns the bytes
+// written. When the write completes a commit frame (its page, or its
+// header when SQLite rewrites checksums after writing the frame), the
+// frames of the transaction become one LTX file before WriteWALAt returns,
+// so before SQLite publishes the commit to readers through the WAL index.
+// If that fails, the write fails. A new WAL header (a restart after a
+// checkpoint) starts the WAL over.
+func (db *DB) WriteWALAt(f *os.File, p []byte, off int64) (int, error) {
+	n, err := f.WriteAt(p, off)
+	if err != nil {
+		return n, err
+	}
+	return n, db.walWritten(f, off, n)
+}
+
+// walWritten is called after n bytes were written at off to the WAL, which
+// r reads, and logs the transactions the write completes (see WriteWALAt).
+func (db *DB) walWritten(r io.ReaderAt, off int64, n int) error {
 	db.mu.Lock()
 	defer db.mu.Unlock()
 	if db.closed {
@@ -137,20 +148,30 @@ func txnPages(txn walTxn) (map[uint32]int64, []uint32) {
 	return frames, pgnos
 }
 
-// WALTruncated is called after the WAL was truncated to size bytes.
-func (db *DB) WALTruncated(size int64) {
+// TruncateWAL truncates the WAL to size bytes. Cutting committed frames
+// (a checkpoint in TRUNCATE mode) starts the WAL over.
+func (db *DB) TruncateWAL(size int64) error {
+	if err := os.Truncate(db.WALPath(), size); err != nil {
+		return err
+	}
 	db.mu.Lock()
 	defer db.mu.Unlock()
 	if size < db.wal.end {
 		db.wal.reset()
 	}
+	return nil
 }
 
-// WALRemoved is called after the WAL was deleted.
-func (db *DB) WALRemoved() {
+// RemoveWAL deletes the WAL (the last connection closed), which starts it
+// over.
+func (db *DB) RemoveWAL() error {
+	if err := os.Remove(db.WALPath()); err != nil {
+		return err
+	}
 	db.mu.Lock()
 	defer db.mu.Unlock()
 	db.wal.reset()
+	return nil
 }
 
 // recoverWAL adds the committed transactions in the WAL to tbl, the

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/litefs-project/litefs/checksum"
 )
@@ -148,4 +149,38 @@ func CopyDatabase(w io.Writer, r io.Reader) (DatabaseInfo, error) {
 	}
 	info.Checksum = tbl.Sum()
 	return info, nil
+}
+
+// CheckImportSource refuses a file that is not a regular file, or whose
+// last transactions are not in it: a hot journal beside it (a transaction
+// to roll back) or a WAL with frames not checkpointed.
+func CheckImportSource(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("import: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("import: %s is not a regular file", path)
+	}
+	if b, err := readPrefix(path+"-journal", 8); err == nil && isJournalMagic(b) {
+		return fmt.Errorf("import: %s-journal holds an unfinished transaction (a hot journal): open the database once, for example with sqlite3 %s 'PRAGMA quick_check', which rolls it back, then import again", path, path)
+	}
+	if wi, err := os.Stat(path + "-wal"); err == nil && wi.Size() > 0 {
+		return fmt.Errorf("import: %s-wal holds transactions that may not be in %s yet: checkpoint it with sqlite3 %s 'PRAGMA wal_checkpoint(TRUNCATE)' and import again", path, path, path)
+	}
+	return nil
+}
+
+// readPrefix reads the first n bytes of the file at path.
+func readPrefix(path string, n int) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, n)
+	if _, err := io.ReadFull(f, b); err != nil {
+		return nil, err
+	}
+	return b, nil
 }

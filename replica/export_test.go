@@ -37,7 +37,7 @@ func commitImage(t testing.TB, db *replica.DB, img []byte, pageSize int) {
 		t.Error(err)
 		return
 	}
-	if err := db.CommitJournal(func() error { return os.Remove(db.JournalPath()) }); err != nil {
+	if err := db.RemoveJournal(); err != nil {
 		t.Error(err)
 	}
 }

@@ -7,9 +7,9 @@ package replica
 //
 // There is no FUSE mount and no SQLite. A transaction is the sequence of
 // calls the FUSE layer makes while SQLite writes: the journal file, then
-// DB.WriteAt, DB.Truncate and DB.CommitJournal in rollback mode; frames
-// appended to the real WAL file, each write followed by DB.WALWritten, in
-// WAL mode (with SQLite's checksums, cache spills that rewrite frames in
+// DB.WriteAt, DB.Truncate and DB.RemoveJournal (or TruncateJournal,
+// WriteJournalAt) in rollback mode; frames appended to the real WAL file
+// through DB.WriteWALAt, in WAL mode (with SQLite's checksums, cache spills that rewrite frames in
 // place, sector padding, checkpoints and WAL restarts). Replication does
 // what the stream does (Server.sendDB, Client.apply), with Log,
 // WriteSnapshot, Apply and ApplyAll, and now and then offers a damaged or
@@ -1063,31 +1063,30 @@ func (h *fzHarness) rollBack(t *fzTxn) {
 	}
 }
 
-// finalize returns what ends the journal in each journal mode: DELETE,
-// TRUNCATE, PERSIST; nil for the caller to delete it after the commit.
-func fzFinalize(path string, o byte) func() error {
+// fzFinalize ends the journal of db as each journal mode does, through
+// the DB as the FUSE layer does: DELETE, TRUNCATE, PERSIST; the fourth
+// commits and leaves the journal for the caller to delete.
+func fzFinalize(db *DB, o byte) error {
 	switch o & 3 {
 	case 0:
-		return func() error { return os.Remove(path) }
+		return db.RemoveJournal()
 	case 1:
-		return func() error { return os.Truncate(path, 0) }
+		return db.TruncateJournal(0)
 	case 2:
-		return func() error {
-			f, err := os.OpenFile(path, os.O_WRONLY, 0)
-			if err != nil {
-				return err
-			}
-			_, err = f.WriteAt(make([]byte, 28), 0)
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
+		f, err := os.OpenFile(db.JournalPath(), os.O_WRONLY, 0)
+		if err != nil {
 			return err
 		}
+		_, err = db.WriteJournalAt(f, make([]byte, 28), 0)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		return err
 	}
-	return nil
+	return db.commitJournal(nil)
 }
 
-var fzJournalModes = [4]string{"DELETE", "TRUNCATE", "PERSIST", "CommitJournal(nil)"}
+var fzJournalModes = [4]string{"DELETE", "TRUNCATE", "PERSIST", "commitJournal(nil)"}
 
 func (h *fzHarness) opJournalTxn(name string) {
 	t := h.planTxn(name, false)
@@ -1100,7 +1099,7 @@ func (h *fzHarness) opJournalTxn(name string) {
 	if rollback {
 		h.rollBack(t)
 	}
-	if err := t.db.CommitJournal(fzFinalize(t.db.JournalPath(), o)); err != nil {
+	if err := fzFinalize(t.db, o); err != nil {
 		h.fatalf("commit %s: %v", t, err)
 	}
 	if o&3 == 3 {
@@ -1266,7 +1265,7 @@ func (h *fzHarness) planWAL(n *fzNode, t *fzTxn, o byte, spillMask byte) fzWALPl
 
 // writeWAL writes to the WAL file and, if report, tells the database after
 // each write as the FUSE layer does. It returns the first error
-// WALWritten returns: SQLite stops there.
+// WriteWALAt returns: SQLite stops there.
 func (h *fzHarness) writeWAL(db *DB, writes []fzWrite, report bool) error {
 	f, err := os.OpenFile(db.WALPath(), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
@@ -1274,13 +1273,14 @@ func (h *fzHarness) writeWAL(db *DB, writes []fzWrite, report bool) error {
 	}
 	defer f.Close()
 	for _, wr := range writes {
-		if _, err := f.WriteAt(wr.data, wr.off); err != nil {
-			h.fatalf("write wal: %v", err)
-		}
 		if report {
-			if err := db.WALWritten(f, wr.off, len(wr.data)); err != nil {
+			if _, err := db.WriteWALAt(f, wr.data, wr.off); err != nil {
 				return err
 			}
+			continue
+		}
+		if _, err := f.WriteAt(wr.data, wr.off); err != nil {
+			h.fatalf("write wal: %v", err)
 		}
 	}
 	return nil
@@ -1370,17 +1370,15 @@ func (h *fzHarness) checkpoint(n *fzNode, db *DB, kind byte) string {
 	case 0:
 		return fmt.Sprintf("checkpoint of transactions %d-%d, wal restarts at the next write", first+1, k)
 	case 1:
-		if err := os.Truncate(db.WALPath(), 0); err != nil {
+		if err := db.TruncateWAL(0); err != nil {
 			h.fatalf("truncate wal: %v", err)
 		}
-		db.WALTruncated(0)
 		n.walBackfill = 0
 		return fmt.Sprintf("checkpoint of transactions %d-%d, wal truncated", first+1, k)
 	default:
-		if err := os.Remove(db.WALPath()); err != nil {
+		if err := db.RemoveWAL(); err != nil {
 			h.fatalf("remove wal: %v", err)
 		}
-		db.WALRemoved()
 		n.walBackfill = 0
 		return fmt.Sprintf("checkpoint of transactions %d-%d, wal deleted", first+1, k)
 	}
@@ -1893,14 +1891,14 @@ func (h *fzHarness) opRefusedHandoff() {
 				if variant == 2 {
 					// After Demote, recovery has already rolled the
 					// transaction back and removed its journal.
-					return txn.db.CommitJournal(func() error {
+					return txn.db.commitJournal(func() error {
 						if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
 							return err
 						}
 						return nil
 					})
 				}
-				err := txn.db.CommitJournal(func() error { return os.Remove(path) })
+				err := txn.db.RemoveJournal()
 				if err != nil {
 					if _, serr := os.Stat(path); serr != nil {
 						h.fatalf("the refused commit of %s deleted its journal: %v", txn, serr)
@@ -2073,7 +2071,7 @@ func (h *fzHarness) crashPrimary(v byte) {
 		h.writeJournal(t, 0, false)
 		h.writePages(t, len(t.written))
 		h.shrink(t)
-		if err := t.db.CommitJournal(nil); err != nil {
+		if err := t.db.commitJournal(nil); err != nil {
 			h.fatalf("commit %s: %v", t, err)
 		}
 		h.committed(t, "commit "+t.String())
@@ -2143,7 +2141,7 @@ func (h *fzHarness) crashPrimary(v byte) {
 func (h *fzHarness) expectNoJournal(i int, name string) {
 	if db := h.nodes[i].store.DB(name); db != nil {
 		b, err := os.ReadFile(db.JournalPath())
-		if err == nil && len(b) >= 8 && IsJournalMagic(b[:8]) {
+		if err == nil && len(b) >= 8 && isJournalMagic(b[:8]) {
 			h.fatalf("node %d %q: a hot journal is still there after recovery", i, name)
 		}
 	}

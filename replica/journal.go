@@ -25,9 +25,9 @@ type journalHeader struct {
 
 const journalHeaderLen = 28
 
-// IsJournalMagic reports whether b is a rollback journal's magic number.
+// isJournalMagic reports whether b is a rollback journal's magic number.
 // PERSIST mode ends a transaction by overwriting it.
-func IsJournalMagic(b []byte) bool { return bytes.Equal(b, journalMagic) }
+func isJournalMagic(b []byte) bool { return bytes.Equal(b, journalMagic) }
 
 func parseJournalHeader(b []byte) (journalHeader, bool) {
 	if len(b) < journalHeaderLen || !bytes.Equal(b[:8], journalMagic) {

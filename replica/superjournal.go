@@ -54,6 +54,12 @@ func (db *DB) SuperJournalPath(suffix string) string {
 	return db.path(superJournalPrefix + suffix)
 }
 
+// RemoveSuperJournal deletes the super-journal "<db>-mj<suffix>", which
+// is the commit point of a transaction over several databases.
+func (db *DB) RemoveSuperJournal(suffix string) error {
+	return os.Remove(db.SuperJournalPath(suffix))
+}
+
 // superJournalExists reports whether the super-journal SQLite recorded as
 // path still exists. A super-journal in the mount is found in the data
 // directory, since the mount may be down; one elsewhere (the main database

@@ -120,13 +120,3 @@ func readWALTxns(r io.ReaderAt, size int64, hdr walHeader, start int64, cksum [2
 	}
 	return txns, nil
 }
-
-// walFrameChecksum returns the cumulative checksum stored in the frame
-// header at off.
-func walFrameChecksum(r io.ReaderAt, off int64) ([2]uint32, error) {
-	b := make([]byte, walFrameHeaderSize)
-	if _, err := r.ReadAt(b, off); err != nil {
-		return [2]uint32{}, err
-	}
-	return [2]uint32{binary.BigEndian.Uint32(b[16:]), binary.BigEndian.Uint32(b[20:])}, nil
-}

@@ -59,7 +59,7 @@ func (c *ImportCommand) ParseFlags(args []string) error {
 
 // Run checks the file and sends it.
 func (c *ImportCommand) Run(ctx context.Context) error {
-	if err := checkImportSource(c.Path); err != nil {
+	if err := replica.CheckImportSource(c.Path); err != nil {
 		return err
 	}
 	res, err := c.send(ctx, c.URL)
@@ -93,37 +93,3 @@ func (c *ImportCommand) send(ctx context.Context, base string) (replica.ImportRe
 
 // Close releases nothing; it is there for the command's shape.
 func (c *ImportCommand) Close() error { return nil }
-
-// checkImportSource refuses a file that is not a regular file, or whose
-// last transactions are not in it: a hot journal beside it (a transaction
-// to roll back) or a WAL with frames not checkpointed.
-func checkImportSource(path string) error {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return fmt.Errorf("import: %w", err)
-	}
-	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("import: %s is not a regular file", path)
-	}
-	if b, err := readPrefix(path+"-journal", 8); err == nil && replica.IsJournalMagic(b) {
-		return fmt.Errorf("import: %s-journal holds an unfinished transaction (a hot journal): open the database once, for example with sqlite3 %s 'PRAGMA quick_check', which rolls it back, then import again", path, path)
-	}
-	if wi, err := os.Stat(path + "-wal"); err == nil && wi.Size() > 0 {
-		return fmt.Errorf("import: %s-wal holds transactions that may not be in %s yet: checkpoint it with sqlite3 %s 'PRAGMA wal_checkpoint(TRUNCATE)' and import again", path, path, path)
-	}
-	return nil
-}
-
-// readPrefix reads the first n bytes of the file at path.
-func readPrefix(path string, n int) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b := make([]byte, n)
-	if _, err := io.ReadFull(f, b); err != nil {
-		return nil, err
-	}
-	return b, nil
-}
