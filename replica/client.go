@@ -39,12 +39,28 @@ func NewClient() *Client {
 		HTTP: &http.Client{Transport: &http.Transport{
 			Proxy:                 http.ProxyFromEnvironment,
 			DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
+			TLSHandshakeTimeout:   5 * time.Second,
 			ResponseHeaderTimeout: 10 * time.Second,
 			MaxIdleConnsPerHost:   4,
 			IdleConnTimeout:       90 * time.Second,
 		}},
 		CallTimeout: DefaultCallTimeout,
 	}
+}
+
+// NewClientWith returns a client that sends the cluster secret (if any)
+// and, if files name any, uses TLS with them (see TLSFiles.ClientConfig).
+func NewClientWith(secret string, files TLSFiles) (*Client, error) {
+	c := NewClient()
+	c.Secret = secret
+	if files.CA != "" || files.Enabled() {
+		cfg, err := files.ClientConfig()
+		if err != nil {
+			return nil, err
+		}
+		c.HTTP.Transport.(*http.Transport).TLSClientConfig = cfg
+	}
+	return c, nil
 }
 
 // Error is an error answer from a node's API. It unwraps to the sentinel

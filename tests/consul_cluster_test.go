@@ -35,11 +35,17 @@ func startConsulCluster(t testing.TB, n int) *ConsulCluster {
 	return startConsulClusterWith(t, n, litefsBin)
 }
 
-func startConsulClusterWith(t testing.TB, n int, bin string) *ConsulCluster {
+// startConsulClusterWith is startConsulCluster with another binary; opts
+// change each node's configuration.
+func startConsulClusterWith(t testing.TB, n int, bin string, opts ...func(*NodeConfig)) *ConsulCluster {
 	t.Helper()
 	c := &ConsulCluster{Consul: testconsul.Start(t)}
 	for i := 0; i < n; i++ {
-		node := NewNodeWith(t, c.nodeConfig(fmt.Sprintf("node%d", i+1)))
+		cfg := c.nodeConfig(fmt.Sprintf("node%d", i+1))
+		for _, o := range opts {
+			o(&cfg)
+		}
+		node := NewNodeWith(t, cfg)
 		node.Bin = bin
 		c.Nodes = append(c.Nodes, node)
 	}
@@ -84,7 +90,7 @@ func (c *ConsulCluster) start(t testing.TB) {
 func getAPIInfo(n *Node) (replica.NodeInfo, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	return apiClient.Info(ctx, n.URL())
+	return n.Client().Info(ctx, n.URL())
 }
 
 // primaries returns the running nodes that say they are primary.

@@ -3,11 +3,11 @@ package tests
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"database/sql"
 	"encoding/binary"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +21,7 @@ import (
 
 	"github.com/litefs-project/litefs/checksum"
 	"github.com/litefs-project/litefs/ltx"
+	"github.com/litefs-project/litefs/replica"
 )
 
 // Node is one litefs process with its own mount and data directory.
@@ -40,6 +41,8 @@ type Node struct {
 	NetNS string
 	// Secret is the cluster secret (http.secret) the node requires.
 	Secret string
+	// TLS is the node's http.tls; Client calls its API with both.
+	TLS replica.TLSFiles
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -68,6 +71,8 @@ type NodeConfig struct {
 	NetNS string
 	// Secret is http.secret, the cluster secret.
 	Secret string
+	// TLS, if it names a certificate, is http.tls: the node serves https.
+	TLS replica.TLSFiles
 }
 
 // NewNode prepares a primary with a config file; extra YAML is appended.
@@ -83,7 +88,7 @@ func NewNodeWith(t testing.TB, cfg NodeConfig) *Node {
 	dir := t.TempDir()
 	n := &Node{t: t, Name: cfg.Name, Dir: dir, MountDir: filepath.Join(dir, "mnt"),
 		DataDir: filepath.Join(dir, "data"), ConfigPath: filepath.Join(dir, "litefs.yml"), Bin: litefsBin,
-		HTTPAddr: cfg.HTTPAddr, NetNS: cfg.NetNS, Secret: cfg.Secret}
+		HTTPAddr: cfg.HTTPAddr, NetNS: cfg.NetNS, Secret: cfg.Secret, TLS: cfg.TLS}
 	if n.HTTPAddr == "" {
 		n.HTTPAddr = freeAddr(t)
 	}
@@ -105,6 +110,9 @@ func NewNodeWith(t testing.TB, cfg NodeConfig) *Node {
 	if cfg.Secret != "" {
 		secret = fmt.Sprintf("  secret: %q\n", cfg.Secret)
 	}
+	if cfg.TLS.Enabled() {
+		secret += fmt.Sprintf("  tls:\n    cert: %s\n    key: %s\n    ca: %s\n    mutual: %t\n", cfg.TLS.Cert, cfg.TLS.Key, cfg.TLS.CA, cfg.TLS.Mutual)
+	}
 	n.WriteConfig(fmt.Sprintf("fuse:\n  dir: %s\ndata:\n  dir: %s\n%shttp:\n  addr: %s\n%slease:\n  type: %s\n  hostname: %s\n%s%s%s",
 		n.MountDir, n.DataDir, data, n.HTTPAddr, secret, typ, n.Name, lease, cfg.Lease, cfg.Extra))
 	t.Cleanup(func() {
@@ -123,7 +131,22 @@ func orDefault(s, def string) string {
 }
 
 // URL returns the node's API URL.
-func (n *Node) URL() string { return "http://" + n.HTTPAddr }
+func (n *Node) URL() string {
+	if n.TLS.Enabled() {
+		return "https://" + n.HTTPAddr
+	}
+	return "http://" + n.HTTPAddr
+}
+
+// Client returns a client of the node's API with its secret and TLS.
+func (n *Node) Client() *replica.Client {
+	n.t.Helper()
+	c, err := replica.NewClientWith(n.Secret, n.TLS)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return c
+}
 
 // freeAddr returns a loopback address with a port free right now.
 func freeAddr(t testing.TB) string {
@@ -455,19 +478,10 @@ func replayLog(t testing.TB, dir string, pos ltx.Pos) []byte {
 // place; the mount table alone can still list a stale mount that the new
 // process is about to replace.
 func (n *Node) served() bool {
-	req, err := http.NewRequest(http.MethodGet, n.URL()+"/info", nil)
-	if err != nil {
-		return false
-	}
-	if n.Secret != "" {
-		req.Header.Set("Authorization", "Bearer "+n.Secret)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return false
-	}
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK && isMounted(n.MountDir)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, err := n.Client().Info(ctx, n.URL())
+	return err == nil && isMounted(n.MountDir)
 }
 
 // isMounted reports whether dir is a FUSE mount point.

@@ -53,6 +53,21 @@ type HTTPConfig struct {
 	Secret string `yaml:"secret"`
 	// PublicMetrics serves GET /metrics without the secret.
 	PublicMetrics bool `yaml:"public-metrics"`
+	// TLS serves the API and the stream over TLS, and verifies peers.
+	TLS TLSConfig `yaml:"tls"`
+}
+
+// TLSConfig is http.tls: PEM files.
+type TLSConfig struct {
+	Cert   string `yaml:"cert"`   // this node's certificate
+	Key    string `yaml:"key"`    // its key
+	CA     string `yaml:"ca"`     // the CA other nodes' certificates are verified against
+	Mutual bool   `yaml:"mutual"` // require client certificates signed by ca
+}
+
+// Files returns the TLS files for replica.
+func (t TLSConfig) Files() replica.TLSFiles {
+	return replica.TLSFiles{Cert: t.Cert, Key: t.Key, CA: t.CA, Mutual: t.Mutual}
 }
 
 // LeaseConfig decides the primary.
@@ -190,6 +205,9 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("lease.type: must be static or consul, got %q", c.Lease.Type)
 	}
+	if err := c.HTTP.TLS.validate(c.Lease.AdvertiseURL); err != nil {
+		return err
+	}
 	switch c.Log.Format {
 	case "text", "json":
 	default:
@@ -224,6 +242,26 @@ func (l *LeaseConfig) validateConsul() error {
 	}
 	if _, err := url.Parse(l.AdvertiseURL); err != nil {
 		return fmt.Errorf("lease.advertise-url: %w", err)
+	}
+	return nil
+}
+
+func (t TLSConfig) validate(advertiseURL string) error {
+	switch {
+	case (t.Cert == "") != (t.Key == ""):
+		return errors.New("http.tls: cert and key go together: set both to serve TLS, or neither")
+	case t.Mutual && (t.CA == "" || t.Cert == ""):
+		return errors.New("http.tls.mutual: needs http.tls.ca (the CA that signs every node's certificate) and this node's cert and key")
+	case t.Cert != "" && strings.HasPrefix(advertiseURL, "http://"):
+		return fmt.Errorf("lease.advertise-url: %s is plain http, but http.tls serves https: use https://", advertiseURL)
+	}
+	for key, path := range map[string]string{"cert": t.Cert, "key": t.Key, "ca": t.CA} {
+		if path == "" {
+			continue
+		}
+		if _, err := os.Stat(path); err != nil {
+			return fmt.Errorf("http.tls.%s: %w", key, err)
+		}
 	}
 	return nil
 }

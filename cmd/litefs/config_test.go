@@ -115,6 +115,10 @@ func TestConfig_Validate(t *testing.T) {
 		{"ConsulUnknownKey", "{consul}  consul:\n    url: http://c:8500\n    tll: 5s\n", "tll"},
 		{"PromoteNotCandidate", "{consul}  candidate: false\n  promote: true\n  consul:\n    url: http://c:8500\n", "lease.promote"},
 		{"PromoteStatic", "{base}lease:\n  promote: true\n", "lease.promote"},
+		{"TLSCertWithoutKey", "{base}http:\n  tls:\n    cert: /c.crt\n", "http.tls"},
+		{"TLSMutualWithoutCA", "{base}http:\n  tls:\n    cert: /c.crt\n    key: /c.key\n    mutual: true\n", "http.tls.mutual"},
+		{"TLSPlainAdvertiseURL", "{consul}  consul:\n    url: http://c:8500\nhttp:\n  tls:\n    cert: /c.crt\n    key: /c.key\n", "https://"},
+		{"TLSMissingFile", "{base}http:\n  tls:\n    cert: /nonexistent.crt\n    key: /nonexistent.key\n", "/nonexistent"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c, err := ParseConfig([]byte(strings.NewReplacer("{base}", "fuse:\n  dir: /a\ndata:\n  dir: /d\n", "{consul}", "fuse:\n  dir: /a\ndata:\n  dir: /d\nlease:\n  type: consul\n  hostname: a\n  advertise-url: http://a:1\n").Replace(tt.yaml)))

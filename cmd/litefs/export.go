@@ -20,7 +20,7 @@ type ExportCommand struct {
 	Name   string // the database in the mount
 	URL    string // the node's API
 	Path   string // where the copy goes; "-" for standard output
-	Secret string // the cluster secret
+	client *clientFlags
 	Stdout io.Writer
 	Stderr io.Writer
 }
@@ -35,7 +35,7 @@ func (c *ExportCommand) ParseFlags(args []string) error {
 	fs := flag.NewFlagSet("litefs-export", flag.ContinueOnError)
 	fs.StringVar(&c.Name, "name", "", "database name in the mount (required)")
 	fs.StringVar(&c.URL, "url", c.URL, "API URL of the node to copy from (a primary or a replica)")
-	secret := secretFlag(fs)
+	c.client = addClientFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: litefs export -name DB [-url URL] FILE   (FILE - is standard output)")
 		fs.PrintDefaults()
@@ -53,13 +53,17 @@ func (c *ExportCommand) ParseFlags(args []string) error {
 	if err := replica.ValidateName(c.Name); err != nil {
 		return fmt.Errorf("export: -name: %w", err)
 	}
-	c.Path, c.Secret = fs.Arg(0), *secret
+	c.Path = fs.Arg(0)
 	return nil
 }
 
 // Run receives the copy and writes it.
 func (c *ExportCommand) Run(ctx context.Context) error {
-	resp, err := apiClient(c.Secret).Export(ctx, c.URL, c.Name)
+	client, err := c.client.client()
+	if err != nil {
+		return err
+	}
+	resp, err := client.Export(ctx, c.URL, c.Name)
 	if err != nil {
 		return fmt.Errorf("export %s: %w", c.Name, err)
 	}

@@ -20,7 +20,7 @@ type ImportCommand struct {
 	URL     string // the node's API
 	NoCheck bool   // skip PRAGMA quick_check on the node
 	Path    string // the SQLite database file to import
-	Secret  string // the cluster secret
+	client  *clientFlags
 	Stdout  io.Writer
 }
 
@@ -35,7 +35,7 @@ func (c *ImportCommand) ParseFlags(args []string) error {
 	fs.StringVar(&c.Name, "name", "", "database name in the mount (required)")
 	fs.StringVar(&c.URL, "url", c.URL, "API URL of a node; a replica names the primary, which the file is then sent to")
 	fs.BoolVar(&c.NoCheck, "no-check", false, "skip PRAGMA quick_check on the received copy (for very large files)")
-	secret := secretFlag(fs)
+	c.client = addClientFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: litefs import -name DB [-url URL] [-no-check] FILE")
 		fs.PrintDefaults()
@@ -53,7 +53,7 @@ func (c *ImportCommand) ParseFlags(args []string) error {
 	if err := replica.ValidateName(c.Name); err != nil {
 		return fmt.Errorf("import: -name: %w", err)
 	}
-	c.Path, c.Secret = fs.Arg(0), *secret
+	c.Path = fs.Arg(0)
 	return nil
 }
 
@@ -88,7 +88,11 @@ func (c *ImportCommand) send(ctx context.Context, base string) (replica.ImportRe
 	if err != nil {
 		return replica.ImportResult{}, err
 	}
-	return apiClient(c.Secret).Import(ctx, base, c.Name, f, fi.Size(), c.NoCheck)
+	client, err := c.client.client()
+	if err != nil {
+		return replica.ImportResult{}, err
+	}
+	return client.Import(ctx, base, c.Name, f, fi.Size(), c.NoCheck)
 }
 
 // Close releases nothing; it is there for the command's shape.

@@ -94,7 +94,7 @@ func runHandoff(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("litefs-handoff", flag.ContinueOnError)
 	to := fs.String("to", "", "hostname (lease.hostname) of the candidate to hand off to; default: the connected candidate with the most transactions")
 	url := fs.String("url", "http://localhost"+DefaultHTTPAddr, "API URL of the primary")
-	secret := secretFlag(fs)
+	flags := addClientFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -103,7 +103,11 @@ func runHandoff(ctx context.Context, args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	res, err := apiClient(*secret).Handoff(ctx, *url, *to)
+	client, err := flags.client()
+	if err != nil {
+		return err
+	}
+	res, err := client.Handoff(ctx, *url, *to)
 	if err != nil {
 		return fmt.Errorf("handoff: %w", err)
 	}
@@ -111,16 +115,26 @@ func runHandoff(ctx context.Context, args []string) error {
 	return nil
 }
 
-// secretFlag adds -secret, defaulting to $LITEFS_SECRET.
-func secretFlag(fs *flag.FlagSet) *string {
-	return fs.String("secret", os.Getenv("LITEFS_SECRET"), "the cluster secret (http.secret); default: $LITEFS_SECRET")
+// clientFlags are the flags of the commands that call a node's API: the
+// cluster secret and TLS files, each defaulting to an environment
+// variable.
+type clientFlags struct {
+	secret string
+	tls    replica.TLSFiles
 }
 
-// apiClient returns a client of the node API with the cluster secret.
-func apiClient(secret string) *replica.Client {
-	c := replica.NewClient()
-	c.Secret = secret
-	return c
+func addClientFlags(fs *flag.FlagSet) *clientFlags {
+	f := &clientFlags{}
+	fs.StringVar(&f.secret, "secret", os.Getenv("LITEFS_SECRET"), "the cluster secret (http.secret); default: $LITEFS_SECRET")
+	fs.StringVar(&f.tls.CA, "ca", os.Getenv("LITEFS_TLS_CA"), "CA file to verify an https node against (http.tls.ca); default: $LITEFS_TLS_CA")
+	fs.StringVar(&f.tls.Cert, "cert", os.Getenv("LITEFS_TLS_CERT"), "client certificate for mutual TLS; default: $LITEFS_TLS_CERT")
+	fs.StringVar(&f.tls.Key, "key", os.Getenv("LITEFS_TLS_KEY"), "its key; default: $LITEFS_TLS_KEY")
+	return f
+}
+
+// client returns a client of the node API with the flags' secret and TLS.
+func (f *clientFlags) client() (*replica.Client, error) {
+	return replica.NewClientWith(f.secret, f.tls)
 }
 
 func usage() {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -131,8 +132,10 @@ func (c *MountCommand) Run(ctx context.Context) error {
 	if c.Config.HTTP.PublicMetrics {
 		c.Server.Public = func(r *http.Request) bool { return r.URL.Path == "/metrics" }
 	}
-	api := replica.NewClient()
-	api.Secret = c.Config.HTTP.Secret
+	api, err := replica.NewClientWith(c.Config.HTTP.Secret, c.Config.HTTP.TLS.Files())
+	if err != nil {
+		return err
+	}
 	cluster := &replica.NetCluster{Store: c.Store, Gate: c.FS, Server: c.Server, API: api, Self: c.Leaser.Self(), Logger: c.Logger}
 	c.Role = replica.NewRole(c.Leaser, c.Store, c.FS, cluster)
 	c.Role.Promote, c.Role.HandoffTimeout = c.Config.Lease.Promote, c.Config.Lease.HandoffTimeout
@@ -141,6 +144,12 @@ func (c *MountCommand) Run(ctx context.Context) error {
 	// A node whose lease never expires and is its own (the static
 	// primary) is the primary from the start: it opens its databases as
 	// the primary and the kernel may skip opens.
+	var tlsConfig *tls.Config
+	if files := c.Config.HTTP.TLS.Files(); files.Enabled() {
+		if tlsConfig, err = files.ServerConfig(); err != nil {
+			return err
+		}
+	}
 	primary, err := c.Role.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("acquire lease: %w", err)
@@ -160,7 +169,11 @@ func (c *MountCommand) Run(ctx context.Context) error {
 		c.Logger.Warn("the node API listens beyond this host without a cluster secret: anyone who can reach it can read every database (POST /stream) and hand the lease off. Set http.secret (e.g. \"${LITEFS_SECRET}\") to the same value on every node",
 			slog.String("http.addr", ln.Addr().String()))
 	}
-	c.HTTP = &http.Server{Handler: c.Server.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	c.HTTP = &http.Server{Handler: c.Server.Handler(), ReadHeaderTimeout: 10 * time.Second, TLSConfig: tlsConfig,
+		ErrorLog: slog.NewLogLogger(c.Logger.Handler(), slog.LevelWarn)}
+	if tlsConfig != nil {
+		ln = tls.NewListener(ln, tlsConfig)
+	}
 	go func() {
 		if err := c.HTTP.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			c.Logger.Error("http server", slog.Any(replica.LogKeyError, err))

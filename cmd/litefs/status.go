@@ -22,14 +22,18 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 	url := fs.String("url", "http://localhost"+DefaultHTTPAddr, "API URL of the node")
 	asJSON := fs.Bool("json", false, "print /info as JSON")
 	maxLag := fs.Duration("max-lag", 10*time.Second, "a replica further behind than this is unhealthy")
-	secret := secretFlag(fs)
+	flags := addClientFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
-	info, err := apiClient(*secret).Info(ctx, *url)
+	client, err := flags.client()
+	if err != nil {
+		return err
+	}
+	info, err := client.Info(ctx, *url)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "litefs status:", err)
 		return &ExitError{Code: 2}
