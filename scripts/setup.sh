@@ -9,6 +9,12 @@ command -v sqlite3 >/dev/null 2>&1 || need_pkgs+=(sqlite3)
 # run nodes in them with nsenter.
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v nsenter >/dev/null 2>&1 || need_pkgs+=(util-linux)
+if [ "${LITEFS_SETUP_TESTS:-}" = 1 ]; then
+	# The tests also call the API with curl and check the example
+	# systemd unit with systemd-analyze.
+	command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+	command -v systemd-analyze >/dev/null 2>&1 || need_pkgs+=(systemd)
+fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
 	echo "setup: installing ${need_pkgs[*]}" >&2
 	sudo=""

@@ -28,7 +28,7 @@ func TestMain(m *testing.M) {
 	if err := checkSetup(); err != nil {
 		// A missing FUSE or sqlite3 is a setup failure, never a skip.
 		fmt.Fprintln(os.Stderr, "tests: setup:", err)
-		fmt.Fprintln(os.Stderr, "tests: run the README's test command (scripts/test), which installs fuse3, sqlite3, iproute2 and util-linux")
+		fmt.Fprintln(os.Stderr, "tests: run the README's test command (scripts/test), which installs fuse3, sqlite3, iproute2, util-linux, curl and systemd")
 		os.Exit(2)
 	}
 	dir, err := os.MkdirTemp("", "litefs-bin-")
@@ -69,7 +69,7 @@ func checkSetup() error {
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		return fmt.Errorf("no /dev/fuse: %w", err)
 	}
-	for _, bin := range []string{"fusermount3", "sqlite3", "ip", "nsenter"} {
+	for _, bin := range []string{"fusermount3", "sqlite3", "ip", "nsenter", "curl", "systemd-analyze"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			return fmt.Errorf("%s not found in PATH", bin)
 		}

@@ -163,6 +163,26 @@ func TestStart_Exec(t *testing.T) {
 	n.CheckInvariants()
 }
 
+// TestStart_ExecSignals stops litefs running a shell command with a child
+// of its own: SIGTERM reaches the whole command, not only its shell, so
+// nothing is left running on the unmounted directory.
+func TestStart_ExecSignals(t *testing.T) {
+	n := NewNode(t, "")
+	marker := filepath.Join(n.Dir, "child-ran")
+	// The child traps SIGTERM and leaves a mark; the shell waits for it.
+	n.WriteConfig(readFile(t, n.ConfigPath) + fmt.Sprintf(
+		"exec: \"sh -c 'trap \\\"touch %s; exit 0\\\" TERM; while :; do sleep 0.1; done' & wait\"\n", marker))
+	n.Start()
+	time.Sleep(300 * time.Millisecond) // the child sets its trap
+	n.Stop()
+	if n.running() {
+		t.Fatal("litefs did not stop")
+	}
+	if _, err := os.Stat(marker); err != nil {
+		t.Fatalf("the exec command's child did not get SIGTERM: %v\n%s", err, n.Logs())
+	}
+}
+
 // TestStart_TornLTX leaves a half-written newest LTX file whose transaction
 // never reached the database, as a crash before the file's sync returned
 // does: litefs removes it, says so, and serves the previous position.

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"time"
 
@@ -233,6 +234,19 @@ func (c *MountCommand) wait(ctx context.Context, fatal <-chan error) error {
 	return c.runExec(ctx, fatal)
 }
 
+// execCommand returns the command for an exec entry: run directly when it
+// is words without shell syntax (as LiteFS does), so that signals reach
+// the program itself and its exit status is its own; through sh -c
+// otherwise.
+func execCommand(ctx context.Context, line string) *exec.Cmd {
+	if !strings.ContainsAny(line, "|&;<>()$`\\\"'*?[]#~=%{}!\n") {
+		if f := strings.Fields(line); len(f) > 0 {
+			return exec.CommandContext(ctx, f[0], f[1:]...)
+		}
+	}
+	return exec.CommandContext(ctx, "sh", "-c", line)
+}
+
 // remedy says what an operator can do about a store that will not open.
 func remedy(err error) string {
 	if errors.Is(err, replica.ErrChecksumMismatch) {
@@ -250,8 +264,11 @@ func remedy(err error) string {
 // and receives forwarded signals. Its exit ends litefs with its code.
 func (c *MountCommand) runExec(ctx context.Context, fatal <-chan error) error {
 	for i, e := range c.Config.Exec {
-		cmd := exec.CommandContext(ctx, "sh", "-c", e.Cmd)
+		cmd := execCommand(ctx, e.Cmd)
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+		// Its own process group: signals go to the command and to every
+		// process it started (a shell's children too).
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		c.Logger.Info("starting exec command", slog.String("cmd", e.Cmd))
 		if err := cmd.Start(); err != nil {
 			return fmt.Errorf("exec %q: %w", e.Cmd, err)
@@ -264,12 +281,16 @@ func (c *MountCommand) runExec(ctx context.Context, fatal <-chan error) error {
 			select {
 			case sig := <-c.Signals:
 				c.Logger.Info("forwarding signal to exec command", slog.String("signal", sig.String()))
-				_ = cmd.Process.Signal(sig)
+				if s, ok := sig.(syscall.Signal); ok {
+					_ = syscall.Kill(-cmd.Process.Pid, s)
+				} else {
+					_ = cmd.Process.Signal(sig)
+				}
 			case err = <-done:
 				break wait
 			case ferr := <-fatal:
 				c.Logger.Error("stopping the exec command", slog.Any(replica.LogKeyError, ferr))
-				_ = cmd.Process.Signal(syscall.SIGTERM)
+				_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
 				<-done
 				return ferr
 			}
