@@ -101,11 +101,13 @@ func (s *Server) stream(ctx context.Context, st *streamWriter, req *streamReques
 		if !s.Store.IsPrimary() {
 			return ErrNotPrimary // stepped down: the replica finds the new primary
 		}
+		moved := false
 		for _, db := range s.Store.DBs() {
 			pos, err := s.sendDB(ctx, st, db, sent[db.Name()], logger)
 			if err != nil {
 				return fmt.Errorf("send %q: %w", db.Name(), err)
 			}
+			moved = moved || pos != sent[db.Name()]
 			sent[db.Name()] = pos
 		}
 		for name := range sent {
@@ -117,7 +119,9 @@ func (s *Server) stream(ctx context.Context, st *streamWriter, req *streamReques
 			}
 		}
 		s.setSent(req, sent)
-		if first { // the replica learns at once where the primary is
+		// The replica learns at once where the primary is: at the start,
+		// and after what was just sent.
+		if first || moved {
 			if err := s.heartbeat(st); err != nil {
 				return err
 			}
