@@ -3,13 +3,10 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
-
-	"github.com/litefs-project/litefs/replica"
 )
 
 // ExportCommand is `litefs export -name DB [-url URL] FILE`: a copy of one
@@ -40,21 +37,9 @@ func (c *ExportCommand) ParseFlags(args []string) error {
 		fmt.Fprintln(fs.Output(), "usage: litefs export -name DB [-url URL] FILE   (FILE - is standard output)")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		fs.Usage()
-		return errors.New("export: want exactly one FILE")
-	}
-	if c.Name == "" {
-		return errors.New("export: -name is required")
-	}
-	if err := replica.ValidateName(c.Name); err != nil {
-		return fmt.Errorf("export: -name: %w", err)
-	}
-	c.Path = fs.Arg(0)
-	return nil
+	path, err := parseDBFileArgs(fs, "export", args, &c.Name)
+	c.Path = path
+	return err
 }
 
 // Run receives the copy and writes it.

@@ -40,21 +40,9 @@ func (c *ImportCommand) ParseFlags(args []string) error {
 		fmt.Fprintln(fs.Output(), "usage: litefs import -name DB [-url URL] [-no-check] FILE")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		fs.Usage()
-		return errors.New("import: want exactly one FILE")
-	}
-	if c.Name == "" {
-		return errors.New("import: -name is required")
-	}
-	if err := replica.ValidateName(c.Name); err != nil {
-		return fmt.Errorf("import: -name: %w", err)
-	}
-	c.Path = fs.Arg(0)
-	return nil
+	path, err := parseDBFileArgs(fs, "import", args, &c.Name)
+	c.Path = path
+	return err
 }
 
 // Run checks the file and sends it.

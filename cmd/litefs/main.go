@@ -115,6 +115,25 @@ func runHandoff(ctx context.Context, args []string) error {
 	return nil
 }
 
+// parseDBFileArgs parses the command line of import and export: -name
+// (set in fs, its value given as *name after parsing) and one FILE.
+func parseDBFileArgs(fs *flag.FlagSet, op string, args []string, name *string) (string, error) {
+	if err := fs.Parse(args); err != nil {
+		return "", err
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return "", fmt.Errorf("%s: want exactly one FILE", op)
+	}
+	if *name == "" {
+		return "", fmt.Errorf("%s: -name is required", op)
+	}
+	if err := replica.ValidateName(*name); err != nil {
+		return "", fmt.Errorf("%s: -name: %w", op, err)
+	}
+	return fs.Arg(0), nil
+}
+
 // clientFlags are the flags of the commands that call a node's API: the
 // cluster secret and TLS files, each defaulting to an environment
 // variable.
