@@ -30,16 +30,19 @@ import (
 type netLab struct {
 	t      testing.TB
 	tag    string // in every device and namespace name, so leftovers can be found
-	prefix string // the subnet, "10.77.N."
+	prefix string // the subnet, "10.X.N."
 	n      int
 }
 
-// newNetLab makes a lab of n namespaces on 10.77.subnet.0/24. Names are
-// fixed per tag, so a crashed earlier run's leftovers are removed first;
+// newNetLab makes a lab of n namespaces on 10.X.subnet.0/24. Names and X
+// derive from the tag and this process's ID, so that test runs side by
+// side (in other checkouts) keep out of each other's way, and a crashed
+// earlier run's leftovers with the same names are removed first;
 // everything is removed at the end of the test.
 func newNetLab(t testing.TB, tag string, subnet, n int) *netLab {
 	t.Helper()
-	l := &netLab{t: t, tag: tag, prefix: fmt.Sprintf("10.77.%d.", subnet), n: n}
+	run := os.Getpid() % 150
+	l := &netLab{t: t, tag: fmt.Sprintf("%s%02x", tag, run), prefix: fmt.Sprintf("10.%d.%d.", 100+run, subnet), n: n}
 	l.clean()
 	t.Cleanup(l.clean)
 	l.ip("link", "add", l.bridge(), "type", "bridge")
