@@ -25,6 +25,7 @@ func (r *Role) Handoff(ctx context.Context, to string) (HandoffResult, error) {
 // candidate is connected (the node is stopping).
 func (r *Role) handoff(ctx context.Context, to string, anyone bool) (HandoffResult, error) {
 	res := HandoffResult{From: r.self.Hostname}
+	called := time.Now()
 	r.mu.Lock()
 	l := r.lease
 	switch {
@@ -141,8 +142,9 @@ func (r *Role) handoff(ctx context.Context, to string, anyone bool) (HandoffResu
 			index = st.Index
 		}
 	}
-	res.WindowMS = time.Since(start).Milliseconds()
-	r.Store.Metrics.handedOff(time.Since(start), released.Sub(start))
+	window := time.Since(start)
+	res.WindowMS = window.Milliseconds()
+	r.Store.Metrics.handedOff(time.Since(called), window)
 	r.Logger.Info("handoff done", slog.String("to", res.To), slog.Int64("writes_refused_ms", res.WindowMS),
 		slog.Duration("writes_stopped", locked.Sub(start)), slog.Duration("target_caught_up", caughtUp.Sub(start)),
 		slog.Duration("released", released.Sub(start)))
