@@ -165,7 +165,7 @@ func (c *Client) Info(ctx context.Context, base string) (NodeInfo, error) {
 func (c *Client) WaitPositions(ctx context.Context, base string, want map[string]ltx.Pos) (NodeInfo, error) {
 	var last NodeInfo
 	for {
-		wait := 30 * time.Second
+		wait := 5 * time.Second // within CallTimeout
 		if d, ok := ctx.Deadline(); ok {
 			wait = min(wait, max(time.Until(d), time.Millisecond))
 		}
