@@ -4,6 +4,8 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"reflect"
+	"strings"
 	"syscall"
 
 	"bazil.org/fuse"
@@ -13,6 +15,9 @@ import (
 
 // handle serves one request.
 func (fs *FS) handle(req fuse.Request) {
+	if fs.OnRequest != nil {
+		fs.OnRequest(strings.TrimSuffix(reflect.TypeOf(req).Elem().Name(), "Request"))
+	}
 	switch r := req.(type) {
 	case *fuse.LookupRequest:
 		fs.lookup(r)

@@ -54,6 +54,9 @@ type FS struct {
 	// FailpointSuperJournalCreated, FailpointSuperJournalRemoved,
 	// FailpointJournalFinalized.
 	Failpoint func(step string, pid uint32)
+	// OnRequest, if set, is told the kind of every request served
+	// ("Write", "Fsync", ...), for the metrics.
+	OnRequest func(kind string)
 
 	conn    *fuse.Conn
 	started time.Time

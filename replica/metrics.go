@@ -23,6 +23,7 @@ type Metrics struct {
 	reconnects      prometheus.Counter
 	snapshotsSent   prometheus.Counter
 	movedAside      prometheus.Counter
+	fuseRequests    *prometheus.CounterVec
 }
 
 // latencyBuckets run from 100µs to about 13s.
@@ -52,11 +53,20 @@ func NewMetrics(reg prometheus.Registerer, store *Store, server *Server) *Metric
 		reconnects:    c("litefs_stream_reconnects_total", "Times this replica's stream to the primary ended and was retried."),
 		snapshotsSent: c("litefs_snapshots_sent_total", "Snapshots this node sent to replicas as primary."),
 		movedAside:    c("litefs_databases_moved_aside_total", "Databases moved aside into data.dir/aside."),
+		fuseRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "litefs_fuse_requests_total",
+			Help: "FUSE requests the mount served, by kind (Write, Fsync, Getattr, ...)."}, []string{"kind"}),
 	}
 	reg.MustRegister(m.commits, m.commitDuration, m.applyDuration, m.replicationLag, m.handoffDuration,
-		m.handoffWindow, m.fenced, m.demotions, m.reconnects, m.snapshotsSent, m.movedAside,
+		m.handoffWindow, m.fenced, m.demotions, m.reconnects, m.snapshotsSent, m.movedAside, m.fuseRequests,
 		&storeCollector{store: store, server: server})
 	return m
+}
+
+// FUSERequest counts a request the mount served.
+func (m *Metrics) FUSERequest(kind string) {
+	if m != nil {
+		m.fuseRequests.WithLabelValues(kind).Inc()
+	}
 }
 
 func (m *Metrics) committed(db string, d time.Duration) {

@@ -129,6 +129,7 @@ func (c *MountCommand) Run(ctx context.Context) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	c.Store.Metrics = replica.NewMetrics(reg, c.Store, c.Server)
+	c.FS.OnRequest = c.Store.Metrics.FUSERequest
 	c.Server.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	if c.Config.HTTP.PublicMetrics {
 		c.Server.Public = func(r *http.Request) bool { return r.URL.Path == "/metrics" }
