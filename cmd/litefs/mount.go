@@ -16,6 +16,7 @@ import (
 
 	"github.com/litefs-project/litefs/fuse"
 	"github.com/litefs-project/litefs/lease"
+	"github.com/litefs-project/litefs/proxy"
 	"github.com/litefs-project/litefs/replica"
 )
 
@@ -35,6 +36,7 @@ type MountCommand struct {
 	Role   *replica.Role
 	HTTP   *http.Server
 	Server *replica.Server
+	Proxy  *proxy.Server
 
 	stopRole func()
 }
@@ -118,6 +120,14 @@ func (c *MountCommand) Run(ctx context.Context) error {
 		c.FS.Failpoint = hook
 	}
 	c.Server = replica.NewServer(c.Store, c.Config.Lease.Hostname)
+	if c.Config.Proxy.Enabled() {
+		// The proxy listens at once: until this node knows its role and
+		// has synced, requests wait or are refused with a reason, never
+		// met by a refused connection.
+		if err := c.openProxy(); err != nil {
+			return err
+		}
+	}
 	cluster := &replica.NetCluster{Store: c.Store, Gate: c.FS, Server: c.Server, API: replica.NewClient(), Self: c.Leaser.Self(), Logger: c.Logger}
 	c.Role = replica.NewRole(c.Leaser, c.Store, c.FS, cluster)
 	c.Role.Promote, c.Role.HandoffTimeout = c.Config.Lease.Promote, c.Config.Lease.HandoffTimeout
@@ -166,6 +176,25 @@ func (c *MountCommand) Run(ctx context.Context) error {
 				slog.Bool("candidate", c.Config.Lease.Candidate))...)
 	}
 	return c.wait(ctx, fatal)
+}
+
+// openProxy starts the HTTP proxy and has the API advertise it to
+// replicas (in the stream's hello) for when this node is the primary.
+func (c *MountCommand) openProxy() error {
+	cfg := c.Config.Proxy
+	p := proxy.NewServer(c.Store, cfg.Addr, cfg.Target, cfg.DB)
+	p.Node, p.Logger, p.Debug = c.Config.Lease.Hostname, c.Logger, cfg.Debug
+	p.MaxLag, p.PrimaryRedirectTimeout = cfg.MaxLag, cfg.PrimaryRedirectTimeout
+	p.Passthrough, p.AlwaysForward = cfg.Passthrough, cfg.AlwaysForward
+	p.ReadTimeout, p.ReadHeaderTimeout, p.WriteTimeout, p.IdleTimeout = cfg.ReadTimeout, cfg.ReadHeaderTimeout, cfg.WriteTimeout, cfg.IdleTimeout
+	if err := p.Open(); err != nil {
+		return fmt.Errorf("proxy.addr: %w", err)
+	}
+	c.Proxy = p
+	c.Server.ProxyURL = c.Config.proxyAdvertiseURL()
+	c.Logger.Info("proxy listening", slog.String("proxy.addr", p.ListenAddr().String()), slog.String("target", cfg.Target),
+		slog.Any("db", []string(cfg.DB)), slog.String("advertise_url", c.Server.ProxyURL))
+	return nil
 }
 
 // newLeaser returns the configured lease.
@@ -265,6 +294,10 @@ func (c *MountCommand) Close() error {
 		c.stopRole()
 		c.stopRole = nil
 		c.Role.Close()
+	}
+	if c.Proxy != nil {
+		_ = c.Proxy.Close()
+		c.Proxy = nil
 	}
 	if c.HTTP != nil {
 		_ = c.HTTP.Close()
