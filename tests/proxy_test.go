@@ -95,11 +95,18 @@ type proxyCluster struct {
 	ReplicaApp       *exec.Cmd
 }
 
-func startProxyCluster(t *testing.T, more string) *proxyCluster {
+func startProxyCluster(t testing.TB, more string) *proxyCluster {
+	return startProxyClusterWith(t, more, litefsBin)
+}
+
+// startProxyClusterWith starts the cluster with the litefs binary bin.
+func startProxyClusterWith(t testing.TB, more, bin string) *proxyCluster {
 	t.Helper()
 	c := &proxyCluster{Primary: newProxyNode(t, NodeConfig{Name: "primary"}, more)}
+	c.Primary.Bin = bin
 	c.Primary.Start()
 	c.Replica = newProxyNode(t, NodeConfig{Name: "replica1", Replica: true, PrimaryURL: c.Primary.URL()}, more)
+	c.Replica.Bin = bin
 	c.Replica.Start()
 	t.Cleanup(func() {
 		if !t.Failed() {

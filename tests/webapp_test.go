@@ -24,6 +24,7 @@ import (
 //
 //	POST /items (form v)    inserts a row, answers 201 and its id
 //	GET  /items             lists the rows, "id v" per line
+//	GET  /item?id=N         one row's value
 //	GET  /headers           echoes Host and the X-Forwarded headers
 //	GET  /events            a server-sent event stream: 3 events, 200ms apart
 //	GET  /ws                a WebSocket that echoes one text message
@@ -77,6 +78,14 @@ func webApp(db *sql.DB, args helperArgs, out io.Writer) int {
 			return
 		}
 		io.WriteString(w, b.String())
+	})
+	handle("GET /item", func(w http.ResponseWriter, r *http.Request) {
+		var v string
+		if err := db.QueryRow(`SELECT v FROM items WHERE id = ?`, r.FormValue("id")).Scan(&v); err != nil {
+			http.Error(w, "select: "+err.Error(), http.StatusNotFound)
+			return
+		}
+		fmt.Fprintln(w, v)
 	})
 	handle("GET /headers", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "Host: %s\n", r.Host)
