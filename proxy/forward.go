@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -32,10 +33,23 @@ type reqState struct {
 	mode   mode
 	target *url.URL // the primary's proxy, when forwarding
 	// retry is set by a forward that failed before anything was sent
-	// (the primary's proxy could not be reached): the request may go to
-	// another primary.
+	// (the primary's proxy could not be reached), or by a write the app
+	// failed because this node stepped down meanwhile: the request may go
+	// to another primary.
 	retry error
+	// replayable says the request's body is kept and may be sent again.
+	replayable bool
+	// roleChanged is the store's role notification when it was sent.
+	roleChanged <-chan struct{}
 }
+
+// errSteppedDown marks a write the app failed while this node stopped
+// being the primary.
+var errSteppedDown = errors.New("the app failed the write while this node stepped down")
+
+// errAppGone marks a write the app could not take because the node is
+// stopping and the app exited first.
+var errAppGone = errors.New("the application exited as this node stops")
 
 type stateKey struct{}
 
@@ -48,6 +62,50 @@ func stateOf(r *http.Request) *reqState {
 
 func withState(r *http.Request, st *reqState) *http.Request {
 	return r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
+}
+
+// maxRetryBody is the largest request body the proxy keeps in memory so
+// that a write the app failed because this node stepped down can be sent
+// to the next primary. Larger or chunked bodies stream, without that retry.
+const maxRetryBody = 1 << 20
+
+// retryBody is a request's body as the proxy sends it, possibly more
+// than once.
+type retryBody struct {
+	buf  []byte // the whole body, if kept; nil: streamed once
+	keep bool
+	body *untouchedBody
+}
+
+// newRetryBody reads a small body of known length into memory.
+func newRetryBody(r *http.Request) (*retryBody, error) {
+	b := &retryBody{}
+	if r.Body == nil || r.Body == http.NoBody {
+		b.keep = true // nothing to send again
+		return b, nil
+	}
+	if r.ContentLength >= 0 && r.ContentLength <= maxRetryBody {
+		buf, err := io.ReadAll(io.LimitReader(r.Body, maxRetryBody+1))
+		if err != nil {
+			return nil, err
+		}
+		if buf == nil {
+			buf = []byte{}
+		}
+		b.buf, b.keep = buf, true
+		return b, nil
+	}
+	b.body = &untouchedBody{ReadCloser: r.Body}
+	r.Body = b.body
+	return b, nil
+}
+
+// rewind gives r a body to send from the start, when it was kept.
+func (b *retryBody) rewind(r *http.Request) {
+	if b.buf != nil {
+		b.body = &untouchedBody{ReadCloser: io.NopCloser(bytes.NewReader(b.buf))}
+		r.Body = b.body
+	}
 }
 
 // untouchedBody is a request body that tells whether anything was read
@@ -108,8 +166,12 @@ func (s *Server) newLocal() *httputil.ReverseProxy {
 		Transport: newTransport(),
 		ErrorLog:  slog.NewLogLogger(s.Logger.Handler(), slog.LevelDebug),
 		ModifyResponse: func(resp *http.Response) error {
-			switch stateOf(resp.Request).mode {
+			st := stateOf(resp.Request)
+			switch st.mode {
 			case modeWrite:
+				if resp.StatusCode >= 500 && st.replayable && s.steppedDown(st.roleChanged) {
+					return errSteppedDown
+				}
 				v := formatTXIDs(s.positions())
 				resp.Header.Set(HeaderTXID, v)
 				resp.Header.Add("Set-Cookie", (&http.Cookie{Name: CookieName, Value: v, Path: "/",
@@ -123,6 +185,17 @@ func (s *Server) newLocal() *httputil.ReverseProxy {
 			if r.Context().Err() != nil {
 				return // the client went away
 			}
+			st := stateOf(r)
+			if errors.Is(err, errSteppedDown) {
+				st.retry = err // answered nothing: the next primary gets it
+				return
+			}
+			if st.mode == modeWrite && st.replayable && s.stopping.Load() && isDialError(err) {
+				// The node is stopping and its app has gone first (it
+				// got the signal): the write waits for the handoff.
+				st.retry = fmt.Errorf("%w: %v", errAppGone, err)
+				return
+			}
 			s.refuse(w, r, refusal{http.StatusBadGateway, "target-unreachable", "-",
 				fmt.Sprintf("the application at %s (proxy.target) did not answer: %v", s.Target, err)}, "")
 		},
@@ -132,6 +205,31 @@ func (s *Server) newLocal() *httputil.ReverseProxy {
 // serveLocal sends a request to the local app.
 func (s *Server) serveLocal(w http.ResponseWriter, r *http.Request, m mode) {
 	s.local.ServeHTTP(w, withState(r, &reqState{mode: m}))
+}
+
+// serveLocalWrite sends a write to the local app on the primary. It
+// returns errSteppedDown, having answered nothing, if the app failed it
+// (5xx) while this node stopped taking writes and the body can be sent
+// again: the write then goes to the next primary.
+func (s *Server) serveLocalWrite(w http.ResponseWriter, r *http.Request, body *retryBody) error {
+	st := &reqState{mode: modeWrite, replayable: body.keep, roleChanged: s.Store.RoleChanged()}
+	s.local.ServeHTTP(w, withState(r, st))
+	return st.retry
+}
+
+// steppedDown reports whether this node stopped taking writes: it is no
+// longer the primary (the role changed since roleChanged was taken), or
+// it is past its fence, as a handoff leaves it just before it steps down.
+func (s *Server) steppedDown(roleChanged <-chan struct{}) bool {
+	if s.Store.CheckWrite() != nil {
+		return true
+	}
+	select {
+	case <-roleChanged:
+		return !s.Store.Primary().Self
+	default:
+		return false
+	}
 }
 
 // newForward returns the reverse proxy to the primary's proxy.

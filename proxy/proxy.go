@@ -16,6 +16,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/litefs-project/litefs/replica"
@@ -94,6 +95,8 @@ type Server struct {
 	ReadTimeout, ReadHeaderTimeout, WriteTimeout, IdleTimeout time.Duration
 	Logger                                                    *slog.Logger
 
+	stopping atomic.Bool // the node is stopping (see Stopping)
+
 	ln      net.Listener
 	srv     *http.Server
 	local   *httputil.ReverseProxy
@@ -151,13 +154,15 @@ func (s *Server) Open() error {
 // ListenAddr returns the address the proxy listens on, once open.
 func (s *Server) ListenAddr() net.Addr { return s.ln.Addr() }
 
-// Close stops the proxy: requests in flight get up to a second to finish
-// (event streams and upgraded connections are cut). Safe to call twice.
+// Close stops the proxy: it stops accepting connections, and requests in
+// flight get PrimaryRedirectTimeout and a second more to finish (a write
+// held for a new primary is then forwarded to it); what still runs then
+// (event streams, upgraded connections) is cut. Safe to call twice.
 func (s *Server) Close() error {
 	if s.srv == nil {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), s.PrimaryRedirectTimeout+time.Second)
 	defer cancel()
 	err := s.srv.Shutdown(ctx)
 	if errors.Is(err, context.DeadlineExceeded) {
@@ -167,6 +172,12 @@ func (s *Server) Close() error {
 	s.srv = nil
 	return err
 }
+
+// Stopping tells the proxy that the node is stopping: from then on, a
+// write the local app cannot take because it exited first (it got the
+// signal) waits for the handoff and goes to the next primary instead of
+// failing with 502.
+func (s *Server) Stopping() { s.stopping.Store(true) }
 
 // ServeHTTP routes one request: health, passthrough, read or write.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -238,19 +249,33 @@ func (s *Server) serveOnPrimary(w http.ResponseWriter, r *http.Request, why stri
 	start := time.Now()
 	deadline := start.Add(s.PrimaryRedirectTimeout)
 	var downSince time.Time
-	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = &untouchedBody{ReadCloser: r.Body}
+	body, err := newRetryBody(r)
+	if err != nil {
+		return // the client went away while sending it
 	}
 	hops := forwardedBy(r)
 	for {
 		changed := s.Store.RoleChanged()
 		st := s.Store.Primary()
 		var down error // why the primary is known to be unreachable now
+		held := s.Store.CheckWrite()
 		switch {
+		case st.Self && held != nil:
+			// Handing off or stepping down: the write waits for the
+			// next primary rather than fail in the app.
+			s.debug(r, "write on a primary that stopped taking writes: held", slog.Any("why", held))
 		case st.Self:
 			s.debug(r, "write on the primary: served by the local app")
-			s.serveLocal(w, r, modeWrite)
-			return
+			body.rewind(r)
+			err := s.serveLocalWrite(w, r, body)
+			if err == nil {
+				return
+			}
+			s.Logger.Info("proxy: the local app could not take a write as this node stops being the primary; holding it for the next primary",
+				slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.Any(replica.LogKeyError, err))
+			if errors.Is(err, errAppGone) {
+				held = err
+			}
 		case len(hops) >= maxHops:
 			s.refuse(w, r, refusal{http.StatusServiceUnavailable, "too-many-hops", describe(st),
 				fmt.Sprintf("the request was forwarded by %s and this node is not the primary either", strings.Join(hops, ", "))}, why)
@@ -260,6 +285,7 @@ func (s *Server) serveOnPrimary(w http.ResponseWriter, r *http.Request, why stri
 				"the primary runs no proxy (no proxy section in its config), so writes cannot be forwarded to it"}, why)
 			return
 		case st.Connected:
+			body.rewind(r)
 			err := s.serveForwarded(w, r, st)
 			if err == nil {
 				return
@@ -283,6 +309,12 @@ func (s *Server) serveOnPrimary(w http.ResponseWriter, r *http.Request, why stri
 			switch {
 			case down != nil:
 				reason = "the primary is down: " + down.Error()
+			case st.Self && errors.Is(held, errAppGone):
+				s.refuse(w, r, refusal{http.StatusBadGateway, "target-unreachable", "-",
+					fmt.Sprintf("the application at %s (proxy.target) did not answer, and no other primary appeared as this node stops: %v", s.Target, held)}, why)
+				return
+			case st.Self:
+				reason += ": this node stopped taking writes (" + held.Error() + ") and no other primary appeared"
 			case st.URL == "":
 				reason += ": the lease names no primary"
 			case st.Err != nil:

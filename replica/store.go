@@ -129,6 +129,11 @@ func (s *Store) checkCommit() error {
 	return nil
 }
 
+// CheckWrite returns nil if this node may commit now: ErrReadOnly on a
+// replica, ErrFenced on a primary past its fence (stepping down, or handing
+// off).
+func (s *Store) CheckWrite() error { return s.checkCommit() }
+
 // Promote makes the node the primary while mounted. The caller has stopped
 // its replication client; databases continue from their own positions.
 func (s *Store) Promote(fence time.Time) {

@@ -3,6 +3,7 @@ package tests
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -35,6 +36,32 @@ func newProxyNode(t testing.TB, cfg NodeConfig, more string) *ProxyNode {
 		p.ProxyAddr, p.AppAddr, more)
 	p.Node = NewNodeWith(t, cfg)
 	return p
+}
+
+// ExecApp makes litefs run the web app itself (exec), as a deployment
+// does: it starts once the mount is up, gets litefs's signals, and ends
+// litefs when it exits.
+func (p *ProxyNode) ExecApp(t testing.TB) {
+	t.Helper()
+	args, _ := json.Marshal(helperArgs{Path: p.Path("app.db"), JournalMode: "delete", Addr: p.AppAddr, Name: p.Name})
+	b, err := os.ReadFile(p.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.WriteConfig(string(b) + fmt.Sprintf("exec: |-\n  %s=webapp %s='%s' exec %s -test.run=NONE\n", helperEnv, helperArgsEnv, args, os.Args[0]))
+}
+
+// waitApp waits until the node's app answers.
+func (p *ProxyNode) waitApp(t testing.TB) {
+	t.Helper()
+	waitUntil(t, 15*time.Second, p.Name+"'s app to answer", func() bool {
+		resp, err := http.Get("http://" + p.AppAddr + "/stats")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
 }
 
 // ProxyURL returns the proxy's URL.

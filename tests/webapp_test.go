@@ -34,6 +34,14 @@ import (
 // Paths under /forwarded/ are the same handlers; the proxy tests list
 // them in always-forward, so they run on the primary.
 func webApp(db *sql.DB, args helperArgs, out io.Writer) int {
+	// Run by litefs (exec), the app ends with it, even when it is killed.
+	go func(ppid int) {
+		for range time.Tick(100 * time.Millisecond) {
+			if os.Getppid() != ppid {
+				os.Exit(0)
+			}
+		}
+	}(os.Getppid())
 	var writes atomic.Int64
 	mux := http.NewServeMux()
 	handle := func(pattern string, h http.HandlerFunc) {

@@ -197,6 +197,13 @@ func (c *MountCommand) openProxy() error {
 	return nil
 }
 
+// proxyStopping tells the proxy, if any, that the node is stopping.
+func (c *MountCommand) proxyStopping() {
+	if c.Proxy != nil {
+		c.Proxy.Stopping()
+	}
+}
+
 // newLeaser returns the configured lease.
 func (c *MountCommand) newLeaser() lease.Leaser {
 	cfg := c.Config.Lease
@@ -218,6 +225,7 @@ func (c *MountCommand) wait(ctx context.Context, fatal <-chan error) error {
 			return err
 		case sig := <-c.Signals:
 			c.Logger.Info("signal received; unmounting", slog.String("signal", sig.String()))
+			c.proxyStopping()
 		}
 		return nil
 	}
@@ -255,6 +263,7 @@ func (c *MountCommand) runExec(ctx context.Context, fatal <-chan error) error {
 			select {
 			case sig := <-c.Signals:
 				c.Logger.Info("forwarding signal to exec command", slog.String("signal", sig.String()))
+				c.proxyStopping()
 				_ = cmd.Process.Signal(sig)
 			case err = <-done:
 				break wait
@@ -291,6 +300,12 @@ func (c *MountCommand) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*c.Config.Lease.HandoffTimeout+5*time.Second)
 		c.Role.Stop(ctx)
 		cancel()
+		// The proxy drains while the role still runs: writes it held
+		// during the handoff follow this node to the new primary.
+		if c.Proxy != nil {
+			_ = c.Proxy.Close()
+			c.Proxy = nil
+		}
 		c.stopRole()
 		c.stopRole = nil
 		c.Role.Close()
