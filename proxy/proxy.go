@@ -273,9 +273,7 @@ func (s *Server) serveOnPrimary(w http.ResponseWriter, r *http.Request, why stri
 			}
 			s.Logger.Info("proxy: the local app could not take a write as this node stops being the primary; holding it for the next primary",
 				slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.Any(replica.LogKeyError, err))
-			if errors.Is(err, errAppGone) {
-				held = err
-			}
+			held = err
 		case len(hops) >= maxHops:
 			s.refuse(w, r, refusal{http.StatusServiceUnavailable, "too-many-hops", describe(st),
 				fmt.Sprintf("the request was forwarded by %s and this node is not the primary either", strings.Join(hops, ", "))}, why)
@@ -340,6 +338,8 @@ func (s *Server) serveOnPrimary(w http.ResponseWriter, r *http.Request, why stri
 // describe names the primary a node knows of, for refusals.
 func describe(st replica.PrimaryStatus) string {
 	switch {
+	case st.Self:
+		return "this node"
 	case st.Hostname != "" && st.ProxyURL != "":
 		return fmt.Sprintf("%s (proxy %s)", st.Hostname, st.ProxyURL)
 	case st.Hostname != "":
