@@ -2,6 +2,7 @@ package tests
 
 import (
 	"bufio"
+	"context"
 	"crypto/sha1"
 	"database/sql"
 	"encoding/base64"
@@ -12,8 +13,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -133,10 +136,24 @@ func webApp(db *sql.DB, args helperArgs, out io.Writer) int {
 		return 2
 	}
 	fmt.Fprintln(out, "listening")
-	if err := http.Serve(ln, mux); err != nil {
+	// On SIGTERM (forwarded by litefs when it runs the app), finish the
+	// requests in flight and exit, as a well-behaved app does.
+	srv := &http.Server{Handler: mux}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	shutdown := make(chan struct{})
+	go func() {
+		defer close(shutdown)
+		<-sigs
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		fmt.Fprintln(os.Stderr, "webapp:", err)
 		return 1
 	}
+	<-shutdown // Serve returns at once; the requests in flight finish here
 	return 0
 }
 
