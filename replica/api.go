@@ -30,6 +30,10 @@ type Server struct {
 	Store *Store
 	// Hostname is this node's lease.hostname.
 	Hostname string
+	// ProxyURL is the URL of this node's HTTP proxy as other nodes reach
+	// it, sent to replicas when they connect so that their proxies can
+	// forward writes here; "" if the node runs no proxy.
+	ProxyURL string
 	// HeartbeatInterval is how often heartbeats are sent.
 	HeartbeatInterval time.Duration
 	Logger            *slog.Logger

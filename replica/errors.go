@@ -59,6 +59,10 @@ var (
 	// the lease.
 	ErrNoCandidate = errors.New("no candidate to hand off to")
 
+	// ErrNoHeartbeat ends a replication stream that stayed silent past
+	// the heartbeat timeout: the primary or the network to it is down.
+	ErrNoHeartbeat = errors.New("no heartbeat from the primary")
+
 	// ErrClosed is returned by operations on a closed database.
 	ErrClosed = errors.New("database closed")
 

@@ -67,6 +67,9 @@ type Store struct {
 	roleMu       sync.Mutex
 	primary      bool
 	primaryHost  string             // hostname of the primary while connected; "" otherwise
+	primaryProxy string             // the primary's proxy URL while connected; "" otherwise
+	primaryErr   error              // why the stream to the primary last ended; nil while connected
+	synced       bool               // a replica matched the primary's positions at least once
 	primaryURL   string             // API URL of the primary this node follows
 	primarySince time.Time          // when primaryHost or primaryURL last changed
 	roleChanged  chan struct{}      // closed and replaced when the role or the primary changes
@@ -128,11 +131,17 @@ func (s *Store) checkCommit() error {
 	return nil
 }
 
+// CheckWrite returns nil if this node may commit now: ErrReadOnly on a
+// replica, ErrFenced on a primary past its fence (stepping down, or handing
+// off).
+func (s *Store) CheckWrite() error { return s.checkCommit() }
+
 // Promote makes the node the primary while mounted. The caller has stopped
 // its replication client; databases continue from their own positions.
 func (s *Store) Promote(fence time.Time) {
 	s.roleMu.Lock()
 	s.primary, s.fence, s.primaryHost, s.primaryURL, s.primaryPos = true, fence, "", "", nil
+	s.primaryProxy, s.primaryErr = "", nil
 	s.primarySince = time.Now()
 	s.roleChangedLocked()
 	s.roleMu.Unlock()
@@ -182,16 +191,31 @@ func (s *Store) PrimaryHostname() string {
 	return s.primaryHost
 }
 
-func (s *Store) setPrimaryHostname(host string) {
+// setConnected records that the stream to the primary is up: the
+// primary's hostname and proxy URL from its hello.
+func (s *Store) setConnected(host, proxyURL string) {
 	s.roleMu.Lock()
 	defer s.roleMu.Unlock()
-	if host == s.primaryHost {
+	if host == s.primaryHost && proxyURL == s.primaryProxy && s.primaryErr == nil {
 		return
 	}
-	s.primaryHost, s.primarySince = host, time.Now()
-	if host == "" { // disconnected: no longer known to be caught up
-		s.caughtUp = false
+	s.primaryHost, s.primaryProxy, s.primaryErr, s.primarySince = host, proxyURL, nil, time.Now()
+	s.roleChangedLocked()
+}
+
+// setDisconnected records that the stream to the primary ended, or that a
+// connection attempt failed, with err (nil: stopped on purpose).
+func (s *Store) setDisconnected(err error) {
+	s.roleMu.Lock()
+	defer s.roleMu.Unlock()
+	if s.primaryHost == "" && errors.Is(err, s.primaryErr) && errors.Is(s.primaryErr, err) {
+		return // the same failure again: nothing a waiter needs to hear
 	}
+	if s.primaryHost != "" {
+		s.primarySince = time.Now()
+	}
+	s.primaryHost, s.primaryProxy, s.primaryErr = "", "", err
+	s.caughtUp = false // disconnected: no longer known to be caught up
 	s.roleChangedLocked()
 }
 
@@ -203,7 +227,7 @@ func (s *Store) SetPrimaryURL(url string) {
 	if url == s.primaryURL {
 		return
 	}
-	s.primaryURL, s.primarySince = url, time.Now()
+	s.primaryURL, s.primarySince, s.primaryErr = url, time.Now(), nil
 	s.roleChangedLocked()
 }
 
@@ -239,6 +263,16 @@ type PrimaryStatus struct {
 	Hostname  string // the primary's hostname, while connected to it
 	URL       string // the API URL of the primary this node follows
 	Connected bool   // a replica's stream to the primary is up
+	// ProxyURL is the primary's HTTP proxy as it advertised it when the
+	// stream connected ("" while not connected, or if it runs none).
+	ProxyURL string
+	// Err is why the stream to the primary last ended or failed to
+	// connect; nil while connected, or before the first attempt on the
+	// primary followed now.
+	Err error
+	// Synced reports whether this replica has had every transaction the
+	// primary reported, at least once since it started.
+	Synced bool
 	// Since is when Connected (or the primary followed) last changed.
 	Since time.Time
 	// Positions are the primary's positions as it last reported them.
@@ -253,6 +287,7 @@ func (s *Store) Primary() PrimaryStatus {
 	return PrimaryStatus{
 		Self: s.primary, Hostname: s.primaryHost, URL: s.primaryURL,
 		Connected: s.primaryHost != "", Since: s.primarySince,
+		ProxyURL: s.primaryProxy, Err: s.primaryErr, Synced: s.synced,
 		Positions: maps.Clone(s.primaryPos),
 	}
 }
@@ -299,6 +334,10 @@ func (s *Store) updateLag() {
 	s.caughtUp = caughtUp
 	if caughtUp {
 		s.caughtUpAt = time.Now()
+		if !s.synced {
+			s.synced = true
+			s.roleChangedLocked()
+		}
 	}
 }
 

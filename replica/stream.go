@@ -47,7 +47,8 @@ type streamRequest struct {
 
 // streamHello opens the stream.
 type streamHello struct {
-	Hostname string `json:"hostname"` // the primary's lease.hostname
+	Hostname string `json:"hostname"`            // the primary's lease.hostname
+	ProxyURL string `json:"proxy_url,omitempty"` // the primary's HTTP proxy, if it runs one
 }
 
 // streamHeartbeat says the primary is alive and where its databases are.

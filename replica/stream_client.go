@@ -63,7 +63,7 @@ func (c *StreamClient) Run(ctx context.Context) error {
 	backoff := c.MinBackoff
 	for {
 		progressed, err := c.session(ctx)
-		c.Store.setPrimaryHostname("")
+		c.Store.setDisconnected(err)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -110,7 +110,7 @@ func (c *StreamClient) session(ctx context.Context) (progressed bool, err error)
 	// A silent stream means a dead primary or network: every frame resets
 	// the watchdog; when it fires, the request is cancelled.
 	watchdog := time.AfterFunc(c.HeartbeatTimeout, func() {
-		cancel(fmt.Errorf("no heartbeat from the primary for %s", c.HeartbeatTimeout))
+		cancel(fmt.Errorf("%w for %s", ErrNoHeartbeat, c.HeartbeatTimeout))
 	})
 	defer watchdog.Stop()
 
@@ -155,7 +155,7 @@ func (c *StreamClient) session(ctx context.Context) (progressed bool, err error)
 			if err := json.Unmarshal(payload, &h); err != nil {
 				return progressed, fmt.Errorf("%w: hello: %v", ErrBadFrame, err)
 			}
-			c.Store.setPrimaryHostname(h.Hostname)
+			c.Store.setConnected(h.Hostname, h.ProxyURL)
 			level := slog.LevelInfo
 			if c.full.active.Load() {
 				level = slog.LevelDebug // a retry while the disk is full

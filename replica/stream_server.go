@@ -82,7 +82,7 @@ func (st *streamWriter) flush() { st.flusher.Flush() }
 // happens, with heartbeats, until ctx ends or a write fails. sent holds the
 // replica's position of each database and is kept up to date.
 func (s *Server) stream(ctx context.Context, st *streamWriter, req *streamRequest, sent map[string]ltx.Pos, logger *slog.Logger) error {
-	if err := st.json(frameHello, streamHello{Hostname: s.Hostname}); err != nil {
+	if err := st.json(frameHello, streamHello{Hostname: s.Hostname, ProxyURL: s.ProxyURL}); err != nil {
 		return err
 	}
 	// Databases the replica has and the primary does not.

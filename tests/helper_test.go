@@ -30,6 +30,8 @@ type helperArgs struct {
 	Seed        int64         `json:"seed"`
 	Accounts    int           `json:"accounts"`
 	Total       int           `json:"total"`
+	Addr        string        `json:"addr"` // where a web app listens
+	Name        string        `json:"name"` // the node a web app runs on
 }
 
 // startHelper starts a helper process; its stdout is returned as lines.
@@ -79,6 +81,8 @@ func runHelper(name string, _ []string) int {
 		return spillNewHang(db, os.Stdout)
 	case "fault-writer":
 		return faultWriterHelper(db, args, os.Stdin, os.Stdout)
+	case "webapp":
+		return webApp(db, args, os.Stdout)
 	}
 	fmt.Fprintln(os.Stderr, "unknown helper", name)
 	return 2

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/litefs-project/litefs/lease"
+	"github.com/litefs-project/litefs/proxy"
 	"github.com/litefs-project/litefs/replica"
 )
 
@@ -29,6 +31,53 @@ type Config struct {
 	HTTP        HTTPConfig  `yaml:"http"`
 	Lease       LeaseConfig `yaml:"lease"`
 	Log         LogConfig   `yaml:"log"`
+	Proxy       ProxyConfig `yaml:"proxy"`
+}
+
+// ProxyConfig is the HTTP proxy in front of the application (LiteFS's
+// keys, plus advertise-url). The proxy runs when the section sets any of
+// addr, target or db.
+type ProxyConfig struct {
+	Addr   string     `yaml:"addr"`
+	Target string     `yaml:"target"`
+	DB     StringList `yaml:"db"`
+	// AdvertiseURL is this proxy's URL as other nodes reach it; the
+	// primary sends it to replicas so that they forward writes to it.
+	// Default: lease.advertise-url's host with addr's port.
+	AdvertiseURL           string        `yaml:"advertise-url"`
+	MaxLag                 time.Duration `yaml:"max-lag"`
+	Debug                  bool          `yaml:"debug"`
+	Passthrough            []string      `yaml:"passthrough"`
+	AlwaysForward          []string      `yaml:"always-forward"`
+	PrimaryRedirectTimeout time.Duration `yaml:"primary-redirect-timeout"`
+	ReadTimeout            time.Duration `yaml:"read-timeout"`
+	ReadHeaderTimeout      time.Duration `yaml:"read-header-timeout"`
+	WriteTimeout           time.Duration `yaml:"write-timeout"`
+	IdleTimeout            time.Duration `yaml:"idle-timeout"`
+}
+
+// Enabled reports whether the config asks for a proxy.
+func (p *ProxyConfig) Enabled() bool { return p.Addr != "" || p.Target != "" || len(p.DB) > 0 }
+
+// StringList is a YAML string or list of strings.
+type StringList []string
+
+// UnmarshalYAML accepts a string or a list of strings.
+func (l *StringList) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		var s string
+		if err := n.Decode(&s); err != nil {
+			return err
+		}
+		*l = StringList{s}
+		return nil
+	}
+	var a []string
+	if err := n.Decode(&a); err != nil {
+		return err
+	}
+	*l = a
+	return nil
 }
 
 // DataConfig is the data directory: databases and their LTX files.
@@ -136,6 +185,8 @@ func NewConfig() Config {
 		Lease: LeaseConfig{Type: "static", Candidate: true, Hostname: host, HandoffTimeout: replica.DefaultHandoffTimeout,
 			Consul: ConsulConfig{Key: lease.DefaultConsulKey, TTL: lease.DefaultConsulTTL, LockDelay: lease.DefaultConsulLockDelay}},
 		Log: LogConfig{Format: "text"},
+		Proxy: ProxyConfig{MaxLag: proxy.DefaultMaxLag, PrimaryRedirectTimeout: proxy.DefaultPrimaryRedirectTimeout,
+			ReadHeaderTimeout: proxy.DefaultReadHeaderTimeout, IdleTimeout: proxy.DefaultIdleTimeout},
 	}
 }
 
@@ -218,7 +269,80 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("exec[%d].cmd: empty command", i)
 		}
 	}
+	if c.Proxy.Enabled() {
+		return c.Proxy.validate()
+	}
 	return nil
+}
+
+func (p *ProxyConfig) validate() error {
+	if p.Addr == "" {
+		return errors.New(`proxy.addr: required (the address the proxy listens on, e.g. ":8080")`)
+	}
+	if _, _, err := net.SplitHostPort(p.Addr); err != nil {
+		return fmt.Errorf("proxy.addr: %q: %w", p.Addr, err)
+	}
+	if p.Target == "" {
+		return errors.New(`proxy.target: required (the application's host:port, e.g. "localhost:8081")`)
+	}
+	if host, port, err := net.SplitHostPort(p.Target); err != nil || host == "" || port == "" || strings.Contains(p.Target, "/") {
+		return fmt.Errorf("proxy.target: %q: must be host:port, e.g. localhost:8081", p.Target)
+	}
+	if len(p.DB) == 0 {
+		return errors.New("proxy.db: required (the database, or list of databases, whose position the proxy tracks)")
+	}
+	seen := make(map[string]bool)
+	for _, name := range p.DB {
+		if err := replica.ValidateName(name); err != nil {
+			return fmt.Errorf("proxy.db: %w", err)
+		}
+		if seen[name] {
+			return fmt.Errorf("proxy.db: %q listed twice", name)
+		}
+		seen[name] = true
+	}
+	if p.AdvertiseURL != "" {
+		if u, err := url.Parse(p.AdvertiseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("proxy.advertise-url: %q: must be an http(s) URL such as http://node1:8080", p.AdvertiseURL)
+		}
+	}
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{{"max-lag", p.MaxLag}, {"primary-redirect-timeout", p.PrimaryRedirectTimeout}, {"read-timeout", p.ReadTimeout},
+		{"read-header-timeout", p.ReadHeaderTimeout}, {"write-timeout", p.WriteTimeout}, {"idle-timeout", p.IdleTimeout}} {
+		if d.v < 0 {
+			return fmt.Errorf("proxy.%s: must not be negative, got %s", d.key, d.v)
+		}
+	}
+	for i, pat := range p.Passthrough {
+		if err := proxy.ValidatePattern(pat); err != nil {
+			return fmt.Errorf("proxy.passthrough[%d]: %w", i, err)
+		}
+	}
+	for i, pat := range p.AlwaysForward {
+		if err := proxy.ValidatePattern(pat); err != nil {
+			return fmt.Errorf("proxy.always-forward[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// proxyAdvertiseURL returns the URL other nodes reach this node's proxy
+// at: proxy.advertise-url, else lease.advertise-url's host (else the
+// proxy's own host, else this machine's hostname) with proxy.addr's port.
+func (c *Config) proxyAdvertiseURL() string {
+	if c.Proxy.AdvertiseURL != "" {
+		return strings.TrimRight(c.Proxy.AdvertiseURL, "/")
+	}
+	host, port, _ := net.SplitHostPort(c.Proxy.Addr)
+	if u, err := url.Parse(c.Lease.AdvertiseURL); err == nil && u.Hostname() != "" && (c.Lease.Candidate || c.Lease.Type == "consul") {
+		host = u.Hostname()
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host, _ = os.Hostname()
+	}
+	return "http://" + net.JoinHostPort(host, port)
 }
 
 func (l *LeaseConfig) validateConsul() error {

@@ -92,6 +92,68 @@ lease:
 	})
 }
 
+func TestParseConfig_Proxy(t *testing.T) {
+	base := "fuse:\n  dir: /a\ndata:\n  dir: /d\nlease:\n  advertise-url: http://node1:20202\n"
+	t.Run("Defaults", func(t *testing.T) {
+		c, err := ParseConfig([]byte(base + "proxy:\n  addr: \":8080\"\n  target: localhost:8081\n  db: app.db\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		p := c.Proxy
+		if !p.Enabled() || len(p.DB) != 1 || p.DB[0] != "app.db" || p.MaxLag != 10*time.Second || p.PrimaryRedirectTimeout != 5*time.Second ||
+			p.ReadHeaderTimeout != 10*time.Second || p.IdleTimeout != 30*time.Second || p.ReadTimeout != 0 || p.WriteTimeout != 0 {
+			t.Fatalf("proxy %+v", p)
+		}
+		if got := c.proxyAdvertiseURL(); got != "http://node1:8080" {
+			t.Fatalf("advertise URL %q", got)
+		}
+	})
+	t.Run("Full", func(t *testing.T) {
+		c, err := ParseConfig([]byte(base + `proxy:
+  addr: 127.0.0.2:9090
+  target: localhost:8081
+  db: [app.db, other.db]
+  advertise-url: http://public:80/
+  max-lag: 2s
+  debug: true
+  passthrough: ["*.png", "/static/*"]
+  always-forward: ["/login"]
+  primary-redirect-timeout: 1s
+  read-timeout: 1m
+  read-header-timeout: 2s
+  write-timeout: 3m
+  idle-timeout: 4s
+`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		p := c.Proxy
+		if len(p.DB) != 2 || p.DB[1] != "other.db" || p.MaxLag != 2*time.Second || !p.Debug || len(p.Passthrough) != 2 ||
+			p.AlwaysForward[0] != "/login" || p.PrimaryRedirectTimeout != time.Second || p.ReadTimeout != time.Minute ||
+			p.ReadHeaderTimeout != 2*time.Second || p.WriteTimeout != 3*time.Minute || p.IdleTimeout != 4*time.Second {
+			t.Fatalf("proxy %+v", p)
+		}
+		if got := c.proxyAdvertiseURL(); got != "http://public:80" {
+			t.Fatalf("advertise URL %q", got)
+		}
+	})
+	t.Run("Disabled", func(t *testing.T) {
+		c, err := ParseConfig([]byte(base))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Proxy.Enabled() {
+			t.Fatal("proxy enabled without a proxy section")
+		}
+	})
+}
+
 func TestConfig_Validate(t *testing.T) {
 	for _, tt := range []struct {
 		name, yaml, key string
@@ -119,6 +181,15 @@ func TestConfig_Validate(t *testing.T) {
 		{"TLSMutualWithoutCA", "{base}http:\n  tls:\n    cert: /c.crt\n    key: /c.key\n    mutual: true\n", "http.tls.mutual"},
 		{"TLSPlainAdvertiseURL", "{consul}  consul:\n    url: http://c:8500\nhttp:\n  tls:\n    cert: /c.crt\n    key: /c.key\n", "https://"},
 		{"TLSMissingFile", "{base}http:\n  tls:\n    cert: /nonexistent.crt\n    key: /nonexistent.key\n", "/nonexistent"},
+		{"ProxyWithoutAddr", "{base}proxy:\n  target: localhost:8081\n  db: app.db\n", "proxy.addr"},
+		{"ProxyWithoutTarget", "{base}proxy:\n  addr: :8080\n  db: app.db\n", "proxy.target"},
+		{"ProxyBadTarget", "{base}proxy:\n  addr: :8080\n  target: http://app\n  db: app.db\n", "proxy.target"},
+		{"ProxyWithoutDB", "{base}proxy:\n  addr: :8080\n  target: localhost:8081\n", "proxy.db"},
+		{"ProxyBadDB", "{base}proxy:\n  addr: :8080\n  target: localhost:8081\n  db: [app.db, x-wal]\n", "proxy.db"},
+		{"ProxyNegativeMaxLag", "{base}proxy:\n  addr: :8080\n  target: localhost:8081\n  db: a\n  max-lag: -1s\n", "proxy.max-lag"},
+		{"ProxyBadPattern", "{base}proxy:\n  addr: :8080\n  target: localhost:8081\n  db: a\n  passthrough: [\"x\"]\n", "proxy.passthrough[0]"},
+		{"ProxyBadAdvertiseURL", "{base}proxy:\n  addr: :8080\n  target: localhost:8081\n  db: a\n  advertise-url: node1:8080\n", "proxy.advertise-url"},
+		{"ProxyUnknownKey", "{base}proxy:\n  addr: :8080\n  targt: localhost:8081\n", "targt"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c, err := ParseConfig([]byte(strings.NewReplacer("{base}", "fuse:\n  dir: /a\ndata:\n  dir: /d\n", "{consul}", "fuse:\n  dir: /a\ndata:\n  dir: /d\nlease:\n  type: consul\n  hostname: a\n  advertise-url: http://a:1\n").Replace(tt.yaml)))

@@ -22,6 +22,7 @@ import (
 
 	"github.com/litefs-project/litefs/fuse"
 	"github.com/litefs-project/litefs/lease"
+	"github.com/litefs-project/litefs/proxy"
 	"github.com/litefs-project/litefs/replica"
 )
 
@@ -41,6 +42,7 @@ type MountCommand struct {
 	Role   *replica.Role
 	HTTP   *http.Server
 	Server *replica.Server
+	Proxy  *proxy.Server
 
 	stopRole func()
 }
@@ -138,6 +140,14 @@ func (c *MountCommand) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if c.Config.Proxy.Enabled() {
+		// The proxy listens at once: until this node knows its role and
+		// has synced, requests wait or are refused with a reason, never
+		// met by a refused connection.
+		if err := c.openProxy(); err != nil {
+			return err
+		}
+	}
 	cluster := &replica.NetCluster{Store: c.Store, Gate: c.FS, Server: c.Server, API: api, Self: c.Leaser.Self(), Logger: c.Logger}
 	c.Role = replica.NewRole(c.Leaser, c.Store, c.FS, cluster)
 	c.Role.Promote, c.Role.HandoffTimeout = c.Config.Lease.Promote, c.Config.Lease.HandoffTimeout
@@ -208,6 +218,32 @@ func isLoopback(addr net.Addr) bool {
 	return ok && tcp.IP.IsLoopback()
 }
 
+// openProxy starts the HTTP proxy and has the API advertise it to
+// replicas (in the stream's hello) for when this node is the primary.
+func (c *MountCommand) openProxy() error {
+	cfg := c.Config.Proxy
+	p := proxy.NewServer(c.Store, cfg.Addr, cfg.Target, cfg.DB)
+	p.Node, p.Logger, p.Debug = c.Config.Lease.Hostname, c.Logger, cfg.Debug
+	p.MaxLag, p.PrimaryRedirectTimeout = cfg.MaxLag, cfg.PrimaryRedirectTimeout
+	p.Passthrough, p.AlwaysForward = cfg.Passthrough, cfg.AlwaysForward
+	p.ReadTimeout, p.ReadHeaderTimeout, p.WriteTimeout, p.IdleTimeout = cfg.ReadTimeout, cfg.ReadHeaderTimeout, cfg.WriteTimeout, cfg.IdleTimeout
+	if err := p.Open(); err != nil {
+		return fmt.Errorf("proxy.addr: %w", err)
+	}
+	c.Proxy = p
+	c.Server.ProxyURL = c.Config.proxyAdvertiseURL()
+	c.Logger.Info("proxy listening", slog.String("proxy.addr", p.ListenAddr().String()), slog.String("target", cfg.Target),
+		slog.Any("db", []string(cfg.DB)), slog.String("advertise_url", c.Server.ProxyURL))
+	return nil
+}
+
+// proxyStopping tells the proxy, if any, that the node is stopping.
+func (c *MountCommand) proxyStopping() {
+	if c.Proxy != nil {
+		c.Proxy.Stopping()
+	}
+}
+
 // newLeaser returns the configured lease.
 func (c *MountCommand) newLeaser() lease.Leaser {
 	cfg := c.Config.Lease
@@ -229,6 +265,7 @@ func (c *MountCommand) wait(ctx context.Context, fatal <-chan error) error {
 			return err
 		case sig := <-c.Signals:
 			c.Logger.Info("signal received; unmounting", slog.String("signal", sig.String()))
+			c.proxyStopping()
 		}
 		return nil
 	}
@@ -282,6 +319,7 @@ func (c *MountCommand) runExec(ctx context.Context, fatal <-chan error) error {
 			select {
 			case sig := <-c.Signals:
 				c.Logger.Info("forwarding signal to exec command", slog.String("signal", sig.String()))
+				c.proxyStopping()
 				if s, ok := sig.(syscall.Signal); ok {
 					_ = syscall.Kill(-cmd.Process.Pid, s)
 				} else {
@@ -322,9 +360,19 @@ func (c *MountCommand) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*c.Config.Lease.HandoffTimeout+5*time.Second)
 		c.Role.Stop(ctx)
 		cancel()
+		// The proxy drains while the role still runs: writes it held
+		// during the handoff follow this node to the new primary.
+		if c.Proxy != nil {
+			_ = c.Proxy.Close()
+			c.Proxy = nil
+		}
 		c.stopRole()
 		c.stopRole = nil
 		c.Role.Close()
+	}
+	if c.Proxy != nil {
+		_ = c.Proxy.Close()
+		c.Proxy = nil
 	}
 	if c.HTTP != nil {
 		_ = c.HTTP.Close()
