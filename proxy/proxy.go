@@ -91,6 +91,10 @@ type Server struct {
 	Passthrough, AlwaysForward []string
 	// Debug logs every routing decision.
 	Debug bool
+	// OnRequest, if set, is told of every request served: its route
+	// (read, write, passthrough, health) and its outcome (the refusal's
+	// code, else the status class: 2xx, 3xx, 4xx, 5xx).
+	OnRequest func(route, outcome string)
 	// Server timeouts; zero: none.
 	ReadTimeout, ReadHeaderTimeout, WriteTimeout, IdleTimeout time.Duration
 	Logger                                                    *slog.Logger
@@ -181,18 +185,65 @@ func (s *Server) Stopping() { s.stopping.Store(true) }
 
 // ServeHTTP routes one request: health, passthrough, read or write.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var route string
+	if s.OnRequest != nil {
+		rec := &statusRecorder{ResponseWriter: w}
+		w = rec
+		defer func() { s.OnRequest(route, rec.outcome()) }()
+	}
 	read := r.Method == http.MethodGet || r.Method == http.MethodHead
 	switch {
 	case read && r.URL.Path == HealthPath:
+		route = "health"
 		s.serveHealth(w, r)
 	case matchAny(s.Passthrough, r.URL.Path):
+		route = "passthrough"
 		s.debug(r, "passthrough: served by the local app")
 		s.serveLocal(w, r, modePassthrough)
 	case read && !matchAny(s.AlwaysForward, r.URL.Path):
+		route = "read"
 		s.serveRead(w, r)
 	default:
+		route = "write"
 		s.serveWrite(w, r)
 	}
+}
+
+// statusRecorder notes the status of an answer, for OnRequest. Unwrap
+// lets the reverse proxy flush and hijack (server-sent events, WebSocket)
+// through it.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusRecorder) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusRecorder) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *statusRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w *statusRecorder) outcome() string {
+	if code := w.Header().Get(HeaderError); code != "" {
+		return code
+	}
+	switch {
+	case w.status == 0:
+		return "none" // the client went away first
+	case w.status == http.StatusSwitchingProtocols:
+		return "upgraded"
+	}
+	return fmt.Sprintf("%dxx", w.status/100)
 }
 
 // serveRead serves a read locally once this node has the client's last

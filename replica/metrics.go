@@ -24,6 +24,7 @@ type Metrics struct {
 	snapshotsSent   prometheus.Counter
 	movedAside      prometheus.Counter
 	fuseRequests    *prometheus.CounterVec
+	proxyRequests   *prometheus.CounterVec
 }
 
 // latencyBuckets run from 100µs to about 13s.
@@ -55,9 +56,12 @@ func NewMetrics(reg prometheus.Registerer, store *Store, server *Server) *Metric
 		movedAside:    c("litefs_databases_moved_aside_total", "Databases moved aside into data.dir/aside."),
 		fuseRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "litefs_fuse_requests_total",
 			Help: "FUSE requests the mount served, by kind (Write, Fsync, Getattr, ...)."}, []string{"kind"}),
+		proxyRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "litefs_proxy_requests_total",
+			Help: "Requests the HTTP proxy served, by route (read, write, passthrough, health) and outcome (a refusal's code, else the status class)."},
+			[]string{"route", "outcome"}),
 	}
 	reg.MustRegister(m.commits, m.commitDuration, m.applyDuration, m.replicationLag, m.handoffDuration,
-		m.handoffWindow, m.fenced, m.demotions, m.reconnects, m.snapshotsSent, m.movedAside, m.fuseRequests,
+		m.handoffWindow, m.fenced, m.demotions, m.reconnects, m.snapshotsSent, m.movedAside, m.fuseRequests, m.proxyRequests,
 		&storeCollector{store: store, server: server})
 	return m
 }
@@ -66,6 +70,13 @@ func NewMetrics(reg prometheus.Registerer, store *Store, server *Server) *Metric
 func (m *Metrics) FUSERequest(kind string) {
 	if m != nil {
 		m.fuseRequests.WithLabelValues(kind).Inc()
+	}
+}
+
+// ProxyRequest counts a request the HTTP proxy served.
+func (m *Metrics) ProxyRequest(route, outcome string) {
+	if m != nil {
+		m.proxyRequests.WithLabelValues(route, outcome).Inc()
 	}
 }
 

@@ -388,6 +388,23 @@ func TestProxy_StaticCluster(t *testing.T) {
 		if !strings.Contains(c.Replica.Logs(), "proxy: request refused") {
 			t.Errorf("refusals not logged")
 		}
+		// The metrics count the requests by route and outcome: the
+		// forwarded writes that succeeded earlier and these refusals.
+		f := scrape(t, c.Replica.Node)
+		if v, _ := metricValue(f, "litefs_proxy_requests_total", "route", "write", "outcome", "2xx"); v < 1 {
+			t.Errorf("forwarded writes counted: %v", v)
+		}
+		var refused float64
+		for _, m := range f["litefs_proxy_requests_total"].GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "outcome" && !strings.HasSuffix(l.GetValue(), "xx") {
+					refused += m.GetCounter().GetValue()
+				}
+			}
+		}
+		if refused < 5 {
+			t.Errorf("refused writes counted: %v, want at least 5", refused)
+		}
 	})
 
 	t.Run("TargetDown", func(t *testing.T) {
