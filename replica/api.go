@@ -47,6 +47,9 @@ type Server struct {
 	Public func(*http.Request) bool
 	// Metrics, if set, serves GET /metrics (Prometheus).
 	Metrics http.Handler
+	// ProxyHealth, if set, reports the health of this node's HTTP proxy
+	// (what its /litefs/health answers), for GET /info.
+	ProxyHealth func() (healthy bool, reason string)
 	// Gate keeps connections out while POST /import changes a database;
 	// nil if the mount is not up.
 	Gate Gate
@@ -152,6 +155,15 @@ type NodeInfo struct {
 	Replicas []ReplicaInfo `json:"replicas,omitempty"`
 	// Aside lists the databases kept aside in data.dir/aside.
 	Aside []string `json:"aside,omitempty"`
+	// Proxy is the state of this node's HTTP proxy, if it runs one.
+	Proxy *ProxyInfo `json:"proxy,omitempty"`
+}
+
+// ProxyInfo is what GET /info says of the node's HTTP proxy.
+type ProxyInfo struct {
+	URL     string `json:"url,omitempty"` // as other nodes reach it
+	Healthy bool   `json:"healthy"`       // what /litefs/health answers
+	Reason  string `json:"reason"`
 }
 
 // Pos returns the position of database name, zero if it has none.
@@ -225,6 +237,10 @@ func (s *Server) info() NodeInfo {
 		info.Replicas = s.Replicas()
 	}
 	info.Aside, _ = s.Store.Aside()
+	if s.ProxyHealth != nil {
+		ok, why := s.ProxyHealth()
+		info.Proxy = &ProxyInfo{URL: s.ProxyURL, Healthy: ok, Reason: why}
+	}
 	return info
 }
 

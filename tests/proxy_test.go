@@ -442,6 +442,11 @@ func TestProxy_Health(t *testing.T) {
 	if !strings.Contains(body, "not connected") {
 		t.Errorf("health without the primary: %q", body)
 	}
+	// /info (and litefs status) carry the same state.
+	info, err := getAPIInfo(replica.Node)
+	if err != nil || info.Proxy == nil || info.Proxy.Healthy || !strings.Contains(info.Proxy.Reason, "not connected") || info.Proxy.URL == "" {
+		t.Errorf("/info's proxy: %+v %v", info.Proxy, err)
+	}
 	replica.CheckInvariants()
 }
 

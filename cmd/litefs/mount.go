@@ -233,6 +233,7 @@ func (c *MountCommand) openProxy() error {
 	}
 	c.Proxy = p
 	c.Server.ProxyURL = c.Config.proxyAdvertiseURL()
+	c.Server.ProxyHealth = p.Health
 	c.Logger.Info("proxy listening", slog.String("proxy.addr", p.ListenAddr().String()), slog.String("target", cfg.Target),
 		slog.Any("db", []string(cfg.DB)), slog.String("advertise_url", c.Server.ProxyURL))
 	return nil

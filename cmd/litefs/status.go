@@ -75,6 +75,13 @@ func printStatus(w io.Writer, info replica.NodeInfo, health error) {
 	} else {
 		fmt.Fprintln(w, "health:   ok")
 	}
+	if p := info.Proxy; p != nil {
+		state := "healthy"
+		if !p.Healthy {
+			state = "unhealthy"
+		}
+		fmt.Fprintf(w, "proxy:    %s (%s): %s\n", p.URL, state, p.Reason)
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "\nDATABASE\tPOSITION\tPRIMARY'S")
 	for _, name := range sortedKeys(info.Positions) {
