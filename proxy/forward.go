@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"syscall"
+	"strings"
 	"time"
 
 	"github.com/litefs-project/litefs/replica"
@@ -41,6 +42,11 @@ type reqState struct {
 	replayable bool
 	// roleChanged is the store's role notification when it was sent.
 	roleChanged <-chan struct{}
+	// committed is every database's position when it was sent: a write
+	// is sent again only if no commit happened on this node meanwhile,
+	// so one that committed before the app failed it is never applied
+	// twice.
+	committed string
 }
 
 // errSteppedDown marks a write the app failed while this node stopped
@@ -169,7 +175,7 @@ func (s *Server) newLocal() *httputil.ReverseProxy {
 			st := stateOf(resp.Request)
 			switch st.mode {
 			case modeWrite:
-				if resp.StatusCode >= 500 && st.replayable && s.steppedDown(st.roleChanged) {
+				if resp.StatusCode >= 500 && st.replayable && s.steppedDown(st.roleChanged) && s.allPositions() == st.committed {
 					return errSteppedDown
 				}
 				v := formatTXIDs(s.positions())
@@ -212,7 +218,7 @@ func (s *Server) serveLocal(w http.ResponseWriter, r *http.Request, m mode) {
 // (5xx) while this node stopped taking writes and the body can be sent
 // again: the write then goes to the next primary.
 func (s *Server) serveLocalWrite(w http.ResponseWriter, r *http.Request, body *retryBody) error {
-	st := &reqState{mode: modeWrite, replayable: body.keep, roleChanged: s.Store.RoleChanged()}
+	st := &reqState{mode: modeWrite, replayable: body.keep, roleChanged: s.Store.RoleChanged(), committed: s.allPositions()}
 	s.local.ServeHTTP(w, withState(r, st))
 	return st.retry
 }
@@ -322,6 +328,15 @@ func isDown(err error) bool {
 
 // positions returns the TXID of every tracked database (zero for one this
 // node does not have).
+// allPositions returns the position of every database of the node.
+func (s *Server) allPositions() string {
+	var b strings.Builder
+	for _, db := range s.Store.DBs() {
+		fmt.Fprintf(&b, "%s=%s,", db.Name(), db.Pos())
+	}
+	return b.String()
+}
+
 func (s *Server) positions() []uint64 {
 	a := make([]uint64, len(s.DBs))
 	for i, name := range s.DBs {
