@@ -12,8 +12,8 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
-	"syscall"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/litefs-project/litefs/replica"
