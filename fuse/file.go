@@ -63,9 +63,17 @@ func (fs *FS) truncate(n *node, size int64) error {
 	if err := fs.checkWritable(n); err != nil {
 		return err
 	}
+	if st := n.stage(); st != nil {
+		return st.f.Truncate(size)
+	}
 	switch n.kind {
 	case kindDB:
-		return n.db.Truncate(size)
+		if err := n.db.Truncate(size); errors.Is(err, replica.ErrNotPageWrite) && n.db.Pos().TXID > 0 {
+			return fmt.Errorf("%w: %w", errOverwrite, err)
+		} else if err != nil {
+			return err
+		}
+		return nil
 	case kindJournal:
 		return n.db.TruncateJournal(size)
 	case kindWAL:
@@ -108,7 +116,7 @@ func (fs *FS) open(r *fuse.OpenRequest) {
 		r.Respond(&fuse.OpenResponse{Handle: id, Flags: fuse.OpenDirectIO})
 		return
 	}
-	r.Respond(&fuse.OpenResponse{Flags: fuse.OpenKeepCache})
+	r.Respond(&fuse.OpenResponse{Flags: fuse.OpenKeepCache | openNoFlush})
 }
 
 // isSelf reports whether the thread that made a request belongs to this
@@ -162,7 +170,9 @@ func (fs *FS) read(r *fuse.ReadRequest) {
 		nr  int
 		err error
 	)
-	if n.kind == kindDB {
+	if st := n.stage(); st != nil {
+		nr, err = st.f.ReadAt(buf, r.Offset)
+	} else if n.kind == kindDB {
 		nr, err = n.db.ReadAt(buf, r.Offset)
 	} else {
 		var f *os.File
@@ -191,6 +201,14 @@ func (fs *FS) write(r *fuse.WriteRequest) {
 		r.RespondError(fs.errno("write "+n.name, n, err))
 		return
 	}
+	if st := n.stage(); st != nil {
+		if nw, err = fs.writeStaged(n, st, r.Data, r.Offset); err != nil {
+			r.RespondError(fs.errno("write "+n.name, nil, err))
+			return
+		}
+		r.Respond(&fuse.WriteResponse{Size: nw})
+		return
+	}
 	var f *os.File
 	if n.kind != kindDB {
 		if f, err = n.file(); err != nil {
@@ -201,7 +219,20 @@ func (fs *FS) write(r *fuse.WriteRequest) {
 	switch n.kind {
 	case kindDB:
 		if nw, err = n.db.WriteAt(r.Data, r.Offset); errors.Is(err, replica.ErrNotPageWrite) {
-			fs.discardIfEmpty(n)
+			switch {
+			case n.db.Pos().TXID > 0:
+				err = fmt.Errorf("%w: %w", errOverwrite, err)
+			case fs.stageEmpty(n, r.Data, r.Offset):
+				st := n.stage()
+				if nw, err = fs.writeStaged(n, st, r.Data, r.Offset); err != nil {
+					r.RespondError(fs.errno("write "+n.name, nil, err))
+					return
+				}
+				r.Respond(&fuse.WriteResponse{Size: nw})
+				return
+			default:
+				fs.discardIfEmpty(n)
+			}
 		}
 	case kindJournal:
 		nw, err = n.db.WriteJournalAt(f, r.Data, r.Offset)
@@ -239,6 +270,15 @@ func (fs *FS) release(r *fuse.ReleaseRequest) {
 	fs.mu.Lock()
 	delete(fs.handles, r.Handle)
 	fs.mu.Unlock()
+	if !r.Dir {
+		// A staged file's close is seen here where no flush was sent.
+		if n := fs.node(r.Node); n != nil {
+			if err := fs.finishStaged(n); err != nil {
+				r.RespondError(err)
+				return
+			}
+		}
+	}
 	r.Respond()
 }
 
@@ -258,8 +298,11 @@ func (fs *FS) fsync(r *fuse.FsyncRequest) {
 	}
 	datasync := r.Flags&1 != 0
 	var err error
+	st := n.stage()
 	switch {
 	case isSpecial(n.kind):
+	case st != nil:
+		err = st.f.Sync()
 	case n.kind == kindDB:
 		err = n.db.Sync(datasync)
 	default:
