@@ -103,7 +103,7 @@ func (fs *FS) create(r *fuse.CreateRequest) {
 		if k == kindDB && r.Flags.IsWriteOnly() {
 			// SQLite never opens a database write-only: a file being
 			// copied in, staged until it is closed.
-			n, err = fs.createStaged(r.Name)
+			n, err = fs.createStaged(r.Name, r.Pid)
 		} else {
 			n, err = fs.createNode(base, k, r.Name)
 		}

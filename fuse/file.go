@@ -222,7 +222,7 @@ func (fs *FS) write(r *fuse.WriteRequest) {
 			switch {
 			case n.db.Pos().TXID > 0:
 				err = fmt.Errorf("%w: %w", errOverwrite, err)
-			case fs.stageEmpty(n, r.Data, r.Offset):
+			case fs.stageEmpty(n, r.Data, r.Offset, r.Pid):
 				st := n.stage()
 				if nw, err = fs.writeStaged(n, st, r.Data, r.Offset); err != nil {
 					r.RespondError(fs.errno("write "+n.name, nil, err))
@@ -273,7 +273,7 @@ func (fs *FS) release(r *fuse.ReleaseRequest) {
 	if !r.Dir {
 		// A staged file's close is seen here where no flush was sent.
 		if n := fs.node(r.Node); n != nil {
-			if err := fs.finishStaged(n); err != nil {
+			if err := fs.finishStaged(n, r.Pid, true); err != nil {
 				r.RespondError(err)
 				return
 			}

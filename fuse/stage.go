@@ -8,6 +8,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"bazil.org/fuse"
@@ -47,7 +49,27 @@ var errOverwrite = errors.New("a database with transactions is never overwritten
 // staged is a file being copied into the mount, kept aside until closed.
 type staged struct {
 	f       *os.File // under the store's TempDir; removed once imported or refused
+	owner   uint32   // the process that created it or wrote to it first
 	written bool     // any byte written
+}
+
+// processOf returns the process (thread group) of the thread that made a
+// request, or tid itself if it cannot be read: the kernel reports the
+// thread, and a program may close a file from another thread than the one
+// that opened it.
+func processOf(tid uint32) uint32 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
+	if err != nil {
+		return tid
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Tgid:"); ok {
+			if id, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32); err == nil {
+				return uint32(id)
+			}
+		}
+	}
+	return tid
 }
 
 // stage returns the node's staged file, or nil if it is not one.
@@ -69,7 +91,7 @@ func (n *node) takeStage() *staged {
 
 // createStaged creates the node of a new name written as a plain file:
 // an empty database, as any create makes, whose writes are staged.
-func (fs *FS) createStaged(name string) (*node, error) {
+func (fs *FS) createStaged(name string, pid uint32) (*node, error) {
 	f, err := os.CreateTemp(fs.Store.TempDir(), "cp-*.db")
 	if err != nil {
 		return nil, err
@@ -81,7 +103,7 @@ func (fs *FS) createStaged(name string) (*node, error) {
 		return nil, err
 	}
 	n.mu.Lock()
-	n.staged = &staged{f: f}
+	n.staged = &staged{f: f, owner: processOf(pid)}
 	n.mu.Unlock()
 	fs.Logger.Info("a file is being copied into the mount: it becomes the database once closed, if it is one",
 		slog.String(replica.LogKeyDB, name), slog.String("tmp", f.Name()))
@@ -91,7 +113,7 @@ func (fs *FS) createStaged(name string) (*node, error) {
 // stageEmpty turns the empty database of n into a staged file, as the
 // first write to it (p at off) is not SQLite's. It reports whether it did;
 // the database must be empty and the write the start of a SQLite file.
-func (fs *FS) stageEmpty(n *node, p []byte, off int64) bool {
+func (fs *FS) stageEmpty(n *node, p []byte, off int64, pid uint32) bool {
 	if off != 0 || !looksSQLite(p) {
 		return false
 	}
@@ -105,7 +127,7 @@ func (fs *FS) stageEmpty(n *node, p []byte, off int64) bool {
 		return false
 	}
 	n.mu.Lock()
-	n.staged = &staged{f: f}
+	n.staged = &staged{f: f, owner: processOf(pid)}
 	n.mu.Unlock()
 	fs.Logger.Info("a file is being copied into the mount: it becomes the database once closed, if it is one",
 		slog.String(replica.LogKeyDB, n.name), slog.String("tmp", f.Name()))
@@ -155,14 +177,25 @@ func (fs *FS) dropStaged(n *node, st *staged) {
 }
 
 // finishStaged makes a closed staged file the database, or removes it; it
-// returns the errno close(2) then reports. Called for every flush and
-// release; a node that is not staged (or no longer) returns nil.
+// returns the errno close(2) then reports. Called for every flush (by
+// thread pid) and release (last set: no descriptor is left); a node that
+// is not staged (or no longer) returns nil. A flush from another process
+// than the one copying the file (a reader that opened it meanwhile) is
+// not its close.
 //
 // A close before anything was written (touch; a shell that opens the file
 // and moves the descriptor with dup2 before writing to it) leaves the
 // empty database that the create made, which its first write stages again.
-func (fs *FS) finishStaged(n *node) error {
-	st := n.takeStage()
+func (fs *FS) finishStaged(n *node, pid uint32, last bool) error {
+	n.mu.Lock()
+	st := n.staged
+	if st != nil && !last && st.owner != processOf(pid) {
+		st = nil
+	}
+	if st != nil {
+		n.staged = nil
+	}
+	n.mu.Unlock()
 	if st == nil {
 		return nil
 	}
@@ -227,7 +260,7 @@ func (fs *FS) flush(r *fuse.FlushRequest) {
 		r.Respond()
 		return
 	}
-	if err := fs.finishStaged(n); err != nil {
+	if err := fs.finishStaged(n, r.Pid, false); err != nil {
 		r.RespondError(err)
 		return
 	}

@@ -119,6 +119,33 @@ func TestCopyIntoMount(t *testing.T) {
 		}
 	})
 
+	t.Run("ReaderMidCopy", func(t *testing.T) {
+		// Another process opens, reads and closes the file while it is
+		// being copied: that close is not the copy's.
+		b, _ := os.ReadFile(sourceDB(t, "DELETE", 2000, "mid"))
+		f, err := os.OpenFile(p.Path("mid.db"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := f.Write(b[:len(b)/2]); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("cat", p.Path("mid.db")).Output(); err != nil || len(out) != len(b)/2 {
+			t.Fatalf("cat of the file being copied: %v, %d bytes of %d", err, len(out), len(b)/2)
+		}
+		if _, err := f.Write(b[len(b)/2:]); err != nil {
+			t.Fatalf("write after another process closed the file: %v", err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatalf("close: %v", err)
+		}
+		c.WaitConverged(t, "mid.db")
+		if got := dump(t, c.Replicas[0], "mid.db", "SELECT count(*) FROM t; PRAGMA integrity_check"); got != "2000\nok" {
+			t.Fatalf("replica: %q", got)
+		}
+	})
+
 	t.Run("TextFile", func(t *testing.T) {
 		src := filepath.Join(t.TempDir(), "notes.txt")
 		os.WriteFile(src, []byte(strings.Repeat("not a database\n", 20000)), 0o644)
@@ -192,5 +219,5 @@ func TestCopyIntoMount(t *testing.T) {
 			t.Fatalf("replica: %q", got)
 		}
 	})
-	c.WaitConverged(t, "app.db", "delete.db", "wal.db", "shell.db", "one.db", "empty.db")
+	c.WaitConverged(t, "app.db", "delete.db", "wal.db", "shell.db", "one.db", "mid.db", "empty.db")
 }
