@@ -116,6 +116,12 @@ func (fs *FS) open(r *fuse.OpenRequest) {
 		r.Respond(&fuse.OpenResponse{Handle: id, Flags: fuse.OpenDirectIO})
 		return
 	}
+	if n.stage() != nil {
+		// Another open of a file being copied in: its release is not
+		// the copy's close (see FS.release).
+		r.Respond(&fuse.OpenResponse{Handle: fs.addHandle(&handle{}), Flags: fuse.OpenKeepCache | openNoFlush})
+		return
+	}
 	r.Respond(&fuse.OpenResponse{Flags: fuse.OpenKeepCache | openNoFlush})
 }
 
@@ -270,8 +276,9 @@ func (fs *FS) release(r *fuse.ReleaseRequest) {
 	fs.mu.Lock()
 	delete(fs.handles, r.Handle)
 	fs.mu.Unlock()
-	if !r.Dir {
-		// A staged file's close is seen here where no flush was sent.
+	if !r.Dir && r.Handle == 0 {
+		// A staged file's close is seen here where no flush was sent;
+		// handles other than 0 are opens made while it was staged.
 		if n := fs.node(r.Node); n != nil {
 			if err := fs.finishStaged(n, r.Pid, true); err != nil {
 				r.RespondError(err)

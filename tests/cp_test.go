@@ -221,3 +221,45 @@ func TestCopyIntoMount(t *testing.T) {
 	})
 	c.WaitConverged(t, "app.db", "delete.db", "wal.db", "shell.db", "one.db", "mid.db", "empty.db")
 }
+
+// TestConsul_CopyIntoMount copies a database into the primary of a Consul
+// cluster, whose mount answers opens, so the kernel sends releases too: a
+// reader's open and close mid-copy is not the copy's close, the copy
+// becomes the database on every node, and a text file leaves nothing.
+func TestConsul_CopyIntoMount(t *testing.T) {
+	c := startConsulCluster(t, 3)
+	p := c.WaitPrimary(t, 5*time.Second)
+	b, _ := os.ReadFile(sourceDB(t, "WAL", 2000, "consul"))
+	f, err := os.OpenFile(p.Path("app.db"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(b[:len(b)/2]); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("cat", p.Path("app.db")).Output(); err != nil || len(out) != len(b)/2 {
+		t.Fatalf("cat of the file being copied: %v, %d bytes of %d", err, len(out), len(b)/2)
+	}
+	if _, err := f.Write(b[len(b)/2:]); err != nil {
+		t.Fatalf("write after another process closed the file: %v", err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	c.WaitConverged(t, "app.db")
+	for _, n := range c.Nodes {
+		if got := dump(t, n, "app.db", "SELECT count(*) FROM t; PRAGMA journal_mode; PRAGMA integrity_check"); got != "2000\nwal\nok" {
+			t.Errorf("%s: %q", n.Name, got)
+		}
+	}
+
+	src := filepath.Join(t.TempDir(), "notes.txt")
+	os.WriteFile(src, []byte(strings.Repeat("not a database\n", 100)), 0o644)
+	if out, err := cp(t, src, p.Path("notes.db")); err == nil {
+		t.Fatalf("cp of a text file: %s", out)
+	}
+	for _, n := range c.Nodes {
+		checkNothingLeft(t, n, "notes.db")
+	}
+}
