@@ -23,8 +23,10 @@ import (
 // write to a new, empty database is not a page but starts like a SQLite
 // file, is staged: its writes go to a temporary file under the data
 // directory's tmp, and the name shows that file until it is closed. At
-// the first close (the kernel's flush, or release where flushes are not
-// sent) it is validated as litefs import validates a file and becomes the
+// the copying process's first close (the kernel's flush from that process,
+// or the release of its handle where flushes are not sent; other
+// processes' opens and closes do not count) it is validated as litefs
+// import validates a file and becomes the
 // database in one transaction (replica.Store.Import), or it disappears,
 // close(2) fails with EINVAL and the log says why and what to do. Nothing
 // refused leaves an entry behind.
