@@ -100,7 +100,14 @@ func (fs *FS) create(r *fuse.CreateRequest) {
 	}
 	if n == nil {
 		var err error
-		if n, err = fs.createNode(base, k, r.Name); err != nil {
+		if k == kindDB && r.Flags.IsWriteOnly() {
+			// SQLite never opens a database write-only: a file being
+			// copied in, staged until it is closed.
+			n, err = fs.createStaged(r.Name, r.Pid)
+		} else {
+			n, err = fs.createNode(base, k, r.Name)
+		}
+		if err != nil {
 			r.RespondError(fs.errno("create "+r.Name, nil, err))
 			return
 		}
@@ -122,9 +129,15 @@ func (fs *FS) create(r *fuse.CreateRequest) {
 	if k == kindSuperJournal {
 		fs.failpoint(FailpointSuperJournalCreated, r.Pid)
 	}
+	// A new database may turn out to be a file copied in (see stage.go),
+	// whose close must be seen; SQLite's journals need no flush.
+	flags := fuse.OpenKeepCache
+	if k != kindDB {
+		flags |= openNoFlush
+	}
 	r.Respond(&fuse.CreateResponse{
 		LookupResponse: fuse.LookupResponse{Node: n.id, EntryValid: fs.CacheTTL, Attr: a},
-		OpenResponse:   fuse.OpenResponse{Flags: fuse.OpenKeepCache},
+		OpenResponse:   fuse.OpenResponse{Flags: flags},
 	})
 }
 
@@ -222,6 +235,12 @@ func (fs *FS) remove(r *fuse.RemoveRequest) {
 	err := fs.checkWritable(n)
 	if err != nil {
 		r.RespondError(fs.errno("remove "+r.Name, n, err))
+		return
+	}
+	if st := n.takeStage(); st != nil {
+		// A copy removed before it was closed: nothing to import.
+		fs.dropStaged(n, st)
+		r.Respond()
 		return
 	}
 	switch n.kind {

@@ -34,9 +34,11 @@ func (fs *FS) handle(req fuse.Request) {
 	case *fuse.WriteRequest:
 		fs.write(r)
 	case *fuse.FlushRequest:
-		// Nothing to flush: writes reach the real file before they return.
-		// ENOSYS makes the kernel stop sending flushes on close.
-		r.RespondError(syscall.ENOSYS)
+		// Writes reach the real file before they return; a close matters
+		// only for a file copied into the mount. Opens and creates ask the
+		// kernel not to send flushes for anything else (never ENOSYS: the
+		// kernel would then send none, for any file).
+		fs.flush(r)
 	case *fuse.ReleaseRequest:
 		fs.release(r)
 	case *fuse.FsyncRequest:
@@ -113,9 +115,15 @@ func (fs *FS) errno(op string, n *node, err error) error {
 			fs.Logger.Warn(op + " refused: " + err.Error() + "; the node steps down unless a renewal succeeds (is Consul reachable?)")
 		}
 		return syscall.EROFS
+	case errors.Is(err, errOverwrite):
+		fs.Logger.Warn(op+" refused: "+err.Error()+" ("+n.name+" is a live database): to replace it with a database file, run litefs import -name "+
+			n.name+" FILE, which checks the file and makes it one transaction; to copy a file in with cp, use a new name",
+			slog.String(replica.LogKeyDB, n.name))
+		return syscall.EACCES
 	case errors.Is(err, replica.ErrNotPageWrite):
 		fs.Logger.Warn(op+" refused: "+err.Error()+
-			"; only SQLite may write database files in the mount: to load an existing database file, run sqlite3 on the mount's database with \".restore /path/to/file.db\" (litefs import, for manual recovery, is planned)",
+			"; only SQLite writes database files in the mount, and a plain file copied in under a new name is imported when closed: "+
+			"to load a database file, copy it in (cp FILE MNT/new.db) or run litefs import -name DB FILE",
 			slog.String(replica.LogKeyDB, n.db.Name()))
 		return syscall.EINVAL
 	default:

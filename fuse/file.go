@@ -63,9 +63,17 @@ func (fs *FS) truncate(n *node, size int64) error {
 	if err := fs.checkWritable(n); err != nil {
 		return err
 	}
+	if st := n.stage(); st != nil {
+		return st.f.Truncate(size)
+	}
 	switch n.kind {
 	case kindDB:
-		return n.db.Truncate(size)
+		if err := n.db.Truncate(size); errors.Is(err, replica.ErrNotPageWrite) && n.db.Pos().TXID > 0 {
+			return fmt.Errorf("%w: %w", errOverwrite, err)
+		} else if err != nil {
+			return err
+		}
+		return nil
 	case kindJournal:
 		return n.db.TruncateJournal(size)
 	case kindWAL:
@@ -108,7 +116,13 @@ func (fs *FS) open(r *fuse.OpenRequest) {
 		r.Respond(&fuse.OpenResponse{Handle: id, Flags: fuse.OpenDirectIO})
 		return
 	}
-	r.Respond(&fuse.OpenResponse{Flags: fuse.OpenKeepCache})
+	if n.stage() != nil {
+		// Another open of a file being copied in: its release is not
+		// the copy's close (see FS.release).
+		r.Respond(&fuse.OpenResponse{Handle: fs.addHandle(&handle{}), Flags: fuse.OpenKeepCache | openNoFlush})
+		return
+	}
+	r.Respond(&fuse.OpenResponse{Flags: fuse.OpenKeepCache | openNoFlush})
 }
 
 // isSelf reports whether the thread that made a request belongs to this
@@ -162,7 +176,9 @@ func (fs *FS) read(r *fuse.ReadRequest) {
 		nr  int
 		err error
 	)
-	if n.kind == kindDB {
+	if st := n.stage(); st != nil {
+		nr, err = st.f.ReadAt(buf, r.Offset)
+	} else if n.kind == kindDB {
 		nr, err = n.db.ReadAt(buf, r.Offset)
 	} else {
 		var f *os.File
@@ -191,6 +207,14 @@ func (fs *FS) write(r *fuse.WriteRequest) {
 		r.RespondError(fs.errno("write "+n.name, n, err))
 		return
 	}
+	if st := n.stage(); st != nil {
+		if nw, err = fs.writeStaged(n, st, r.Data, r.Offset); err != nil {
+			r.RespondError(fs.errno("write "+n.name, nil, err))
+			return
+		}
+		r.Respond(&fuse.WriteResponse{Size: nw})
+		return
+	}
 	var f *os.File
 	if n.kind != kindDB {
 		if f, err = n.file(); err != nil {
@@ -201,7 +225,20 @@ func (fs *FS) write(r *fuse.WriteRequest) {
 	switch n.kind {
 	case kindDB:
 		if nw, err = n.db.WriteAt(r.Data, r.Offset); errors.Is(err, replica.ErrNotPageWrite) {
-			fs.discardIfEmpty(n)
+			switch {
+			case n.db.Pos().TXID > 0:
+				err = fmt.Errorf("%w: %w", errOverwrite, err)
+			case fs.stageEmpty(n, r.Data, r.Offset, r.Pid):
+				st := n.stage()
+				if nw, err = fs.writeStaged(n, st, r.Data, r.Offset); err != nil {
+					r.RespondError(fs.errno("write "+n.name, nil, err))
+					return
+				}
+				r.Respond(&fuse.WriteResponse{Size: nw})
+				return
+			default:
+				fs.discardIfEmpty(n)
+			}
 		}
 	case kindJournal:
 		nw, err = n.db.WriteJournalAt(f, r.Data, r.Offset)
@@ -239,6 +276,16 @@ func (fs *FS) release(r *fuse.ReleaseRequest) {
 	fs.mu.Lock()
 	delete(fs.handles, r.Handle)
 	fs.mu.Unlock()
+	if !r.Dir && r.Handle == 0 {
+		// A staged file's close is seen here where no flush was sent;
+		// handles other than 0 are opens made while it was staged.
+		if n := fs.node(r.Node); n != nil {
+			if err := fs.finishStaged(n, r.Pid, true); err != nil {
+				r.RespondError(err)
+				return
+			}
+		}
+	}
 	r.Respond()
 }
 
@@ -258,8 +305,11 @@ func (fs *FS) fsync(r *fuse.FsyncRequest) {
 	}
 	datasync := r.Flags&1 != 0
 	var err error
+	st := n.stage()
 	switch {
 	case isSpecial(n.kind):
+	case st != nil:
+		err = st.f.Sync()
 	case n.kind == kindDB:
 		err = n.db.Sync(datasync)
 	default:

@@ -74,6 +74,10 @@ type node struct {
 	nlookup uint64 // kernel references; the node is dropped at zero once gone
 	gone    bool   // unlinked or replaced
 
+	// staged is set while the name is a plain file being copied in (see
+	// stage.go); db is then nil or the empty database it replaced.
+	staged *staged
+
 	mu sync.Mutex
 	f  *os.File // companion files: the real file, opened at first use
 }
@@ -140,6 +144,9 @@ func (fs *FS) resolve(name string) *node {
 		return fs.resolveSpecial(name)
 	}
 	base, k := parseName(name)
+	if n := fs.names[name]; n != nil && n.stage() != nil {
+		return n
+	}
 	db := fs.Store.DB(base)
 	if n := fs.names[name]; n != nil {
 		if n.db == db && (k != kindPos || n.pos == posContent(n.db)) {
@@ -252,7 +259,15 @@ func (fs *FS) attr(n *node) (fuse.Attr, error) {
 		a.Mtime = time.Now()
 		return a, nil
 	}
-	fi, err := os.Stat(n.realPath())
+	var (
+		fi  os.FileInfo
+		err error
+	)
+	if st := n.stage(); st != nil {
+		fi, err = st.f.Stat()
+	} else {
+		fi, err = os.Stat(n.realPath())
+	}
 	if err != nil {
 		return a, err
 	}

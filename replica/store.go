@@ -610,7 +610,7 @@ func (s *Store) DiscardEmpty(name string) (bool, error) {
 	if err := os.RemoveAll(db.dir); err != nil {
 		return true, fmt.Errorf("remove database %q: %w", name, err)
 	}
-	s.Logger.Info("removed an empty database whose first write was refused", slog.String(LogKeyDB, name))
+	s.Logger.Info("removed an empty database, never written through SQLite", slog.String(LogKeyDB, name))
 	s.notify()
 	return true, nil
 }

@@ -83,6 +83,8 @@ func runHelper(name string, _ []string) int {
 		return faultWriterHelper(db, args, os.Stdin, os.Stdout)
 	case "webapp":
 		return webApp(db, args, os.Stdout)
+	case "snapshot-reader":
+		return snapshotReader(db, args, os.Stdout)
 	}
 	fmt.Fprintln(os.Stderr, "unknown helper", name)
 	return 2
@@ -239,5 +241,53 @@ func faultWriterHelper(db *sql.DB, args helperArgs, stdin io.Reader, w io.Writer
 		}
 		fmt.Fprintf(w, "ok %d %d %d\n", id, start.UnixNano(), end.UnixNano())
 	}
+	return 0
+}
+
+// snapshotReader reads table t and the schema in one read transaction at a
+// time, on one connection kept open, until the duration passes. It prints
+// "ready" after its first read, then each distinct result once as
+// "seen COUNT|MIN|MAX|TABLES" and finally "reads=N errors=M"; an error
+// other than busy is printed to stderr and counted.
+func snapshotReader(db *sql.DB, args helperArgs, w io.Writer) int {
+	seen := make(map[string]bool)
+	reads, errs := 0, 0
+	for deadline := time.Now().Add(args.Duration); time.Now().Before(deadline); {
+		var res string
+		err := func() error {
+			tx, err := db.Begin()
+			if err != nil {
+				return err
+			}
+			defer tx.Rollback()
+			var n, tables int
+			var lo, hi string
+			if err := tx.QueryRow(`SELECT count(*), min(v), max(v) FROM t`).Scan(&n, &lo, &hi); err != nil {
+				return err
+			}
+			if err := tx.QueryRow(`SELECT count(*) FROM sqlite_master WHERE type = 'table'`).Scan(&tables); err != nil {
+				return err
+			}
+			res = fmt.Sprintf("%d|%s|%s|%d", n, lo, hi, tables)
+			return nil
+		}()
+		if err != nil {
+			if strings.Contains(err.Error(), "locked") || strings.Contains(err.Error(), "busy") {
+				continue
+			}
+			errs++
+			fmt.Fprintln(os.Stderr, "snapshot-reader:", err)
+			continue
+		}
+		if reads == 0 {
+			fmt.Fprintln(w, "ready")
+		}
+		reads++
+		if !seen[res] {
+			seen[res] = true
+			fmt.Fprintln(w, "seen "+res)
+		}
+	}
+	fmt.Fprintf(w, "reads=%d errors=%d\n", reads, errs)
 	return 0
 }

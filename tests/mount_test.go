@@ -190,23 +190,29 @@ func TestMount_Unsupported(t *testing.T) {
 	before := n.Pos("app.db")
 
 	t.Run("CopyIntoMount", func(t *testing.T) {
-		// A file copied in is written in chunks that are not pages.
+		// A file copied in is staged and checked when it is closed: two
+		// copies of a database back to back are not one, and the close
+		// fails.
 		src := filepath.Join(t.TempDir(), "src.db")
 		mustSQLite3(t, src, "CREATE TABLE t (x); INSERT INTO t VALUES (42);")
 		b, _ := os.ReadFile(src)
-		f, err := os.OpenFile(n.Path("copied.db"), os.O_CREATE|os.O_WRONLY, 0o644)
+		f, err := os.OpenFile(n.Path("copied.db"), os.O_CREATE|os.O_RDWR, 0o644)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer f.Close()
-		if _, err := f.Write(append(b, b...)); !errors.Is(err, syscall.EINVAL) {
-			t.Fatalf("write of %d bytes: got %v, want EINVAL", 2*len(b), err)
+		if _, err := f.Write(append(b, b...)); err != nil {
+			t.Fatalf("write of %d bytes: %v", 2*len(b), err)
 		}
-		waitUntil(t, 5*time.Second, "a log line about .restore", func() bool {
-			return strings.Contains(n.Logs(), ".restore")
+		if err := f.Close(); !errors.Is(err, syscall.EINVAL) {
+			t.Fatalf("close: got %v, want EINVAL", err)
+		}
+		if _, err := os.Stat(n.Path("copied.db")); !os.IsNotExist(err) {
+			t.Fatalf("copied.db left behind: %v", err)
+		}
+		waitUntil(t, 5*time.Second, "a log line about litefs import", func() bool {
+			return strings.Contains(n.Logs(), "litefs import -name copied.db")
 		})
-		// What the log line says to do works: the file arrives through
-		// SQLite, as one transaction.
+		// SQLite's .restore still loads a file as one transaction.
 		mustSQLite3(t, n.Path("restored.db"), ".restore "+src)
 		if got := mustSQLite3(t, n.Path("restored.db"), "SELECT x FROM t; PRAGMA integrity_check"); got != "42\nok" {
 			t.Fatalf("restored: %q", got)
@@ -218,13 +224,15 @@ func TestMount_Unsupported(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer f.Close()
-		if _, err := f.WriteAt([]byte("garbage"), 4096+100); !errors.Is(err, syscall.EINVAL) {
-			t.Fatalf("got %v, want EINVAL", err)
+		// A plain write over a live database: refused, pointing to
+		// litefs import.
+		if _, err := f.WriteAt([]byte("garbage"), 4096+100); !errors.Is(err, syscall.EACCES) {
+			t.Fatalf("got %v, want EACCES", err)
 		}
 	})
 	t.Run("TruncateToZero", func(t *testing.T) {
-		if err := os.Truncate(n.Path("app.db"), 0); !errors.Is(err, syscall.EINVAL) {
-			t.Fatalf("got %v, want EINVAL", err)
+		if err := os.Truncate(n.Path("app.db"), 0); !errors.Is(err, syscall.EACCES) {
+			t.Fatalf("got %v, want EACCES", err)
 		}
 	})
 	t.Run("Mkdir", func(t *testing.T) {

@@ -53,19 +53,28 @@ func (c *ExportCommand) Run(ctx context.Context) error {
 		return fmt.Errorf("export %s: %w", c.Name, err)
 	}
 	defer resp.Body.Close()
+	p := newProgress(c.Stderr, "export "+c.Name, resp.Size)
+	resp.Body = struct {
+		io.Reader
+		io.Closer
+	}{p.Reader(resp.Body), resp.Body}
 	if c.Path == "-" {
 		// Checked as it is written; a bad copy can only be reported.
 		bw := bufio.NewWriterSize(c.Stdout, 1<<20)
-		if err := resp.Copy(bw); err != nil {
-			return fmt.Errorf("export %s: %w", c.Name, err)
+		err := resp.Copy(bw)
+		if err == nil {
+			err = bw.Flush()
 		}
-		if err := bw.Flush(); err != nil {
-			return err
+		p.finish(doneOrFailed(err))
+		if err != nil {
+			return fmt.Errorf("export %s: %w", c.Name, err)
 		}
 		fmt.Fprintf(c.Stderr, "exported %s at position %s (%d bytes)\n", c.Name, resp.Pos, resp.Size)
 		return nil
 	}
-	if err := resp.WriteFile(c.Path); err != nil {
+	err = resp.WriteFile(c.Path)
+	p.finish(doneOrFailed(err))
+	if err != nil {
 		return fmt.Errorf("export %s: %w", c.Name, err)
 	}
 	fmt.Fprintf(c.Stdout, "exported %s at position %s (%d bytes) to %s\n", c.Name, resp.Pos, resp.Size, c.Path)

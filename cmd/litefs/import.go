@@ -22,11 +22,12 @@ type ImportCommand struct {
 	Path    string // the SQLite database file to import
 	client  *clientFlags
 	Stdout  io.Writer
+	Stderr  io.Writer // progress, when it is a terminal
 }
 
 // NewImportCommand returns an import command with defaults.
 func NewImportCommand() *ImportCommand {
-	return &ImportCommand{URL: "http://localhost" + DefaultHTTPAddr, Stdout: os.Stdout}
+	return &ImportCommand{URL: "http://localhost" + DefaultHTTPAddr, Stdout: os.Stdout, Stderr: os.Stderr}
 }
 
 // ParseFlags reads the command line.
@@ -80,7 +81,10 @@ func (c *ImportCommand) send(ctx context.Context, base string) (replica.ImportRe
 	if err != nil {
 		return replica.ImportResult{}, err
 	}
-	return client.Import(ctx, base, c.Name, f, fi.Size(), c.NoCheck)
+	p := newProgress(c.Stderr, "import "+c.Name, fi.Size())
+	res, err := client.Import(ctx, base, c.Name, p.Reader(f), fi.Size(), c.NoCheck)
+	p.finish(doneOrFailed(err))
+	return res, err
 }
 
 // Close releases nothing; it is there for the command's shape.
