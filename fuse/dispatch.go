@@ -108,6 +108,13 @@ func (fs *FS) errno(op string, n *node, err error) error {
 			fs.Logger.Warn(op + " refused: " + err.Error() + "; the node steps down unless a renewal succeeds (is Consul reachable?)")
 		}
 		return syscall.EROFS
+	case errors.Is(err, replica.ErrSyncTimeout):
+		// SQLite maps a failed write or unlink of its commit to an I/O
+		// error (SQLITE_IOERR) and rolls the transaction back.
+		if fs.readOnlyLog.Allow() {
+			fs.Logger.Warn(op + " failed: " + err.Error() + "; SQLite reports \"disk I/O error\" and rolls the transaction back (are the candidates up?)")
+		}
+		return syscall.EIO
 	case errors.Is(err, replica.ErrNotPageWrite):
 		fs.Logger.Warn(op+" refused: "+err.Error()+
 			"; only SQLite may write database files in the mount: to load an existing database file, run sqlite3 on the mount's database with \".restore /path/to/file.db\" (litefs import, for manual recovery, is planned)",

@@ -23,6 +23,8 @@ type Metrics struct {
 	reconnects      prometheus.Counter
 	snapshotsSent   prometheus.Counter
 	movedAside      prometheus.Counter
+	syncTimeouts    prometheus.Counter
+	syncAsync       prometheus.Gauge
 }
 
 // latencyBuckets run from 100µs to about 13s.
@@ -52,9 +54,14 @@ func NewMetrics(reg prometheus.Registerer, store *Store, server *Server) *Metric
 		reconnects:    c("litefs_stream_reconnects_total", "Times this replica's stream to the primary ended and was retried."),
 		snapshotsSent: c("litefs_snapshots_sent_total", "Snapshots this node sent to replicas as primary."),
 		movedAside:    c("litefs_databases_moved_aside_total", "Databases moved aside into data.dir/aside."),
+		syncTimeouts: c("litefs_sync_timeouts_total",
+			"Commits that too few candidates acknowledged within lease.sync-timeout (failed, or fell back to asynchronous replication)."),
+		syncAsync: prometheus.NewGauge(prometheus.GaugeOpts{Name: "litefs_sync_async",
+			Help: "1 while a primary with lease.sync-replicas has fallen back to asynchronous replication (lease.sync-fallback: async), else 0."}),
 	}
 	reg.MustRegister(m.commits, m.commitDuration, m.applyDuration, m.replicationLag, m.handoffDuration,
 		m.handoffWindow, m.fenced, m.demotions, m.reconnects, m.snapshotsSent, m.movedAside,
+		m.syncTimeouts, m.syncAsync,
 		&storeCollector{store: store, server: server})
 	return m
 }
@@ -96,6 +103,20 @@ func (m *Metrics) fencedCommit() { m.inc(func(m *Metrics) prometheus.Counter { r
 func (m *Metrics) demoted()      { m.inc(func(m *Metrics) prometheus.Counter { return m.demotions }) }
 func (m *Metrics) snapshotSent() {
 	m.inc(func(m *Metrics) prometheus.Counter { return m.snapshotsSent })
+}
+func (m *Metrics) syncTimedOut() {
+	m.inc(func(m *Metrics) prometheus.Counter { return m.syncTimeouts })
+}
+
+func (m *Metrics) syncMode(async bool) {
+	if m == nil {
+		return
+	}
+	if async {
+		m.syncAsync.Set(1)
+	} else {
+		m.syncAsync.Set(0)
+	}
 }
 func (m *Metrics) reconnected()   { m.inc(func(m *Metrics) prometheus.Counter { return m.reconnects }) }
 func (m *Metrics) movedAsideOne() { m.inc(func(m *Metrics) prometheus.Counter { return m.movedAside }) }
