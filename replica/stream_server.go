@@ -2,6 +2,8 @@ package replica
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -47,15 +49,20 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	if s.replicas == nil {
 		s.replicas = make(map[*streamRequest]*replicaConn)
 	}
-	s.replicas[&req] = &replicaConn{since: time.Now(), sent: req.Positions}
+	session := newSession()
+	s.replicas[&req] = &replicaConn{since: time.Now(), sent: req.Positions, session: session, candidate: req.Candidate}
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
 		delete(s.replicas, &req)
 		s.mu.Unlock()
+		if t := s.Store.syncTracker(); t != nil {
+			t.drop(session)
+		}
 	}()
 	st := &streamWriter{w: w, flusher: flusher}
-	err := s.stream(r.Context(), st, &req, sent, logger)
+	hello := streamHello{Hostname: s.Hostname, Session: session, Acks: req.Candidate && s.Store.syncTracker() != nil}
+	err := s.stream(r.Context(), st, &req, hello, sent, logger)
 	if err != nil && r.Context().Err() == nil {
 		logger.Warn("replication stream ended", slog.Any(LogKeyError, err))
 	} else {
@@ -76,13 +83,20 @@ func (st *streamWriter) json(typ byte, v any) error {
 	return writeFrame(st.w, typ, b)
 }
 
+// newSession returns a random name for a stream.
+func newSession() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
 func (st *streamWriter) flush() { st.flusher.Flush() }
 
 // stream sends everything the replica lacks, then every change as it
 // happens, with heartbeats, until ctx ends or a write fails. sent holds the
 // replica's position of each database and is kept up to date.
-func (s *Server) stream(ctx context.Context, st *streamWriter, req *streamRequest, sent map[string]ltx.Pos, logger *slog.Logger) error {
-	if err := st.json(frameHello, streamHello{Hostname: s.Hostname}); err != nil {
+func (s *Server) stream(ctx context.Context, st *streamWriter, req *streamRequest, hello streamHello, sent map[string]ltx.Pos, logger *slog.Logger) error {
+	if err := st.json(frameHello, hello); err != nil {
 		return err
 	}
 	// Databases the replica has and the primary does not.
