@@ -78,7 +78,9 @@ func (t *syncTracker) reset(positions map[string]ltx.Pos) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.acks = make(map[string]map[string]ltx.Pos)
-	t.released, t.latest = maps.Clone(positions), maps.Clone(positions)
+	t.released, t.latest = make(map[string]ltx.Pos), make(map[string]ltx.Pos)
+	maps.Copy(t.released, positions)
+	maps.Copy(t.latest, positions)
 	t.async, t.err = false, nil
 }
 
