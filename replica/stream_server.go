@@ -172,8 +172,12 @@ type sendPlan struct {
 // position: the LTX files after from when the log still has them all and
 // from is on the primary's history; otherwise a snapshot, marked divergent
 // when the replica's history differs or cannot be checked. Nothing to send
-// when from is the position (or the database has no transaction).
-func planSend(db *DB, from ltx.Pos) (sendPlan, error) {
+// when from is the position (or the database has no transaction). With
+// fromLog, a replica without the database gets the log's files when the
+// log still starts at TXID 1 (its first file holds every page): a snapshot
+// would wait for a commit in progress, and with lease.sync-replicas that
+// commit waits for this replica.
+func planSend(db *DB, from ltx.Pos, fromLog bool) (sendPlan, error) {
 	cur := db.Pos()
 	plan := sendPlan{cur: cur}
 	if from == cur || cur.TXID == 0 {
@@ -181,6 +185,8 @@ func planSend(db *DB, from ltx.Pos) (sendPlan, error) {
 	}
 	files := db.Log().Files()
 	switch {
+	case from.TXID == 0 && fromLog && len(files) > 0 && files[0].MinTXID == 1:
+		return planFiles(plan, files, 1), nil
 	case from.TXID == 0:
 		plan.snapshot = true
 		return plan, nil
@@ -208,7 +214,13 @@ func planSend(db *DB, from ltx.Pos) (sendPlan, error) {
 		plan.snapshot, plan.divergent = true, true
 		return plan, nil
 	}
-	next := from.TXID + 1
+	return planFiles(plan, files, from.TXID+1), nil
+}
+
+// planFiles plans to send the log's files from TXID next up to the
+// position, or a snapshot if they do not all chain.
+func planFiles(plan sendPlan, files []ltx.FileInfo, next ltx.TXID) sendPlan {
+	cur := plan.cur
 	for _, f := range files {
 		if f.MaxTXID < next {
 			continue
@@ -228,13 +240,13 @@ func planSend(db *DB, from ltx.Pos) (sendPlan, error) {
 	if next <= cur.TXID {
 		plan.files, plan.snapshot = nil, true
 	}
-	return plan, nil
+	return plan
 }
 
 // sendDB brings a replica at position from up to the database's position
 // and returns the position sent (see planSend).
 func (s *Server) sendDB(ctx context.Context, st *streamWriter, db *DB, from ltx.Pos, logger *slog.Logger) (ltx.Pos, error) {
-	plan, err := planSend(db, from)
+	plan, err := planSend(db, from, s.Store.syncTracker() != nil)
 	if err != nil {
 		return from, err
 	}
