@@ -162,7 +162,10 @@ func (db *DB) commitTxn(pageN uint32, written []uint32, read func(pgno uint32, b
 	// Nothing was published yet, so the file is taken back and the
 	// commit refused like any other; only the few instructions from the
 	// check to the reply remain exposed to such a pause.
-	prevLast := db.log.LastHeader()
+	var prevLast ltx.Header // what a take-back returns the log to
+	if db.sync != nil {
+		prevLast = db.log.LastHeader()
+	}
 	if err := db.log.AppendChecked(hdr, pages, post, db.canCommit); err != nil {
 		if errors.Is(err, ErrReadOnly) || errors.Is(err, ErrFenced) {
 			return err
