@@ -3,6 +3,7 @@ package tests
 import (
 	"database/sql"
 	"fmt"
+	"os/exec"
 	"sort"
 	"strings"
 	"sync"
@@ -75,6 +76,42 @@ func TestSync_CrashFailovers(t *testing.T) {
 	sort.Slice(elections, func(i, j int) bool { return elections[i] < elections[j] })
 	t.Logf("%d crash failovers with sync-replicas 1, %d writes acknowledged, none lost; new primary after %s (median) / %s (max)",
 		rounds, acked, elections[len(elections)/2].Round(time.Millisecond), elections[len(elections)-1].Round(time.Millisecond))
+}
+
+// TestSync_Handoff hands the lease of a cluster with sync-replicas 1 to
+// another candidate, and back, while writers commit in both journal
+// modes: no acknowledged write is lost and writes move within the usual
+// window.
+func TestSync_Handoff(t *testing.T) {
+	c := startConsulClusterWith(t, 3, litefsBin, syncLease("  sync-replicas: 1\n"))
+	writers := map[string]*clusterWriter{
+		"d": startWriter(t, c, "d", "delete"),
+		"w": startWriter(t, c, "w", "wal"),
+	}
+	for i := 0; i < 2; i++ {
+		p := c.WaitPrimary(t, 10*time.Second)
+		target := c.Nodes[indexOther(c, p)]
+		for _, w := range writers {
+			w.waitWrites(t, 30)
+		}
+		out, err := exec.Command(litefsBin, "handoff", "-url", p.URL(), "-to", target.Name).CombinedOutput()
+		if err != nil {
+			t.Fatalf("litefs handoff: %v\n%s", err, out)
+		}
+		if got := c.WaitPrimary(t, 10*time.Second); got != target {
+			t.Fatalf("primary is %s after handoff to %s", got.Name, target.Name)
+		}
+		for db, w := range writers {
+			w.waitWritesOn(t, target)
+			gap, _, _ := switchGap(w.Acks(), p.Name)
+			t.Logf("handoff %s -> %s, %s: %s; writes moved after %s", p.Name, target.Name, db, strings.TrimSpace(string(out)), gap)
+			checkNoneLost(t, target, db, w.Acks())
+		}
+	}
+	for db, w := range writers {
+		w.Stop()
+		c.WaitConverged(t, db)
+	}
 }
 
 // syncCommit inserts one row into db on node n and returns the error
