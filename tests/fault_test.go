@@ -92,13 +92,17 @@ func (l *netLab) clean() {
 }
 
 // startLabCluster starts a Consul agent on the lab's bridge and a
-// candidate in each of its namespaces, serving its API on its own address.
-func startLabCluster(t testing.TB, l *netLab) *ConsulCluster {
+// candidate in each of its namespaces, serving its API on its own address;
+// opts change each node's configuration.
+func startLabCluster(t testing.TB, l *netLab, opts ...func(*NodeConfig)) *ConsulCluster {
 	t.Helper()
 	c := &ConsulCluster{Consul: testconsul.StartOn(t, l.HostIP())}
 	for i := 0; i < l.n; i++ {
 		cfg := c.nodeConfig(fmt.Sprintf("node%d", i+1))
 		cfg.HTTPAddr, cfg.NetNS = l.IP(i)+":20202", l.NS(i)
+		for _, o := range opts {
+			o(&cfg)
+		}
 		c.Nodes = append(c.Nodes, NewNodeWith(t, cfg))
 	}
 	c.start(t)

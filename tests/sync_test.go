@@ -114,6 +114,59 @@ func TestSync_Handoff(t *testing.T) {
 	}
 }
 
+// TestSync_PartitionedCandidate cuts one candidate of a cluster with
+// sync-replicas 1 off the network while writers commit: the other
+// candidate acknowledges, so commits go on; once it is back, a crash of
+// the primary loses no acknowledged write.
+func TestSync_PartitionedCandidate(t *testing.T) {
+	if testing.Short() {
+		t.Skip("network namespaces and a real Consul: skipped with -short")
+	}
+	lab := newNetLab(t, "sy", 2, 3)
+	c := startLabCluster(t, lab, syncLease("  sync-replicas: 1\n"))
+	writers := map[string]*clusterWriter{
+		"d": startWriter(t, c, "d", "delete"),
+		"w": startWriter(t, c, "w", "wal"),
+	}
+	p := c.WaitPrimary(t, 10*time.Second)
+	cut := indexOther(c, p)
+	for _, w := range writers {
+		w.waitWrites(t, 20)
+	}
+	lab.Cut(cut)
+	before := make(map[string]int)
+	for db, w := range writers {
+		w.mu.Lock()
+		before[db] = w.failures
+		w.mu.Unlock()
+		w.waitWrites(t, 100)
+	}
+	for db, w := range writers {
+		w.mu.Lock()
+		failed := w.failures - before[db]
+		w.mu.Unlock()
+		t.Logf("%s: 100 writes acknowledged with %s cut off, %d failed", db, c.Nodes[cut].Name, failed)
+		if got := c.WaitPrimary(t, time.Second); got != p {
+			t.Fatalf("primary changed to %s while a replica was cut off", got.Name)
+		}
+	}
+	lab.Heal(cut)
+	for _, w := range writers {
+		w.waitWrites(t, 20)
+	}
+	p.Kill()
+	np := waitNewPrimary(t, c, p)
+	for db, w := range writers {
+		w.waitWritesOn(t, np)
+		checkNoneLost(t, np, db, w.Acks())
+	}
+	p.Start()
+	for db, w := range writers {
+		w.Stop()
+		c.WaitConverged(t, db)
+	}
+}
+
 // syncCommit inserts one row into db on node n and returns the error
 // and how long the COMMIT took.
 func syncCommit(n *Node, db *sql.DB, id int) (time.Duration, error) {
