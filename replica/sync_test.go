@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/litefs-project/litefs/checksum"
+	"github.com/litefs-project/litefs/lease"
 	"github.com/litefs-project/litefs/ltx"
 )
 
@@ -241,4 +243,43 @@ func TestSyncTracker(t *testing.T) {
 			t.Fatalf("wait: %v, want ErrSyncTimeout", err)
 		}
 	})
+}
+
+func TestRole_SyncElection(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		sync   int
+		others map[string]map[string]uint64 // other candidates' published TXIDs
+		want   bool
+	}{
+		{"AsyncAlone", 0, nil, true},
+		{"SyncAlone", 1, nil, false},
+		{"SyncHeardFromOne", 1, map[string]map[string]uint64{"b": {"a": 0}}, true},
+		{"SyncOtherAhead", 1, map[string]map[string]uint64{"b": {"a": 5}}, false},
+		{"SyncTwoHeardFromOne", 2, map[string]map[string]uint64{"b": {"a": 0}}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			mem := lease.NewMemory()
+			s := NewStore(t.TempDir())
+			s.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+			if err := s.Open(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = s.Close() })
+			s.SetPrimary(false)
+			for name, txids := range tt.others {
+				if err := mem.Leaser(lease.Node{Hostname: name, Candidate: true}, time.Second, 0).Publish(context.Background(), txids); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r := NewRole(mem.Leaser(lease.Node{Hostname: "self", Candidate: true}, time.Second, 0), s, nil, nil)
+			r.SyncReplicas = tt.sync
+			if got := r.elect(context.Background(), false); got != tt.want {
+				t.Errorf("elected %v, want %v", got, tt.want)
+			}
+			if got := s.IsPrimary(); got != tt.want {
+				t.Errorf("primary %v, want %v", got, tt.want)
+			}
+		})
+	}
 }
