@@ -82,6 +82,7 @@ func (t *syncTracker) reset(positions map[string]ltx.Pos) {
 	maps.Copy(t.released, positions)
 	maps.Copy(t.latest, positions)
 	t.async, t.err = false, nil
+	t.metrics.syncMode(false)
 }
 
 // abort fails every waiting commit with err, and those that start until
