@@ -202,17 +202,23 @@ func (db *DB) commitTxn(pageN uint32, written []uint32, read func(pgno uint32, b
 // this one; other databases' commits wait alongside it.
 func (db *DB) awaitSync(pos ltx.Pos, prevLast ltx.Header) error {
 	prev := db.pos
-	db.pos = pos
-	db.publish()
-	err := db.sync.wait(db.name, prev, pos)
+	w, err := db.sync.publish(db.name, pos, func() {
+		db.pos = pos
+		db.publish()
+	})
+	if err == nil && w != nil {
+		err = db.sync.await(w, prev)
+	}
 	if err == nil && db.canCommit != nil {
 		err = db.canCommit()
 	}
 	if err == nil {
 		return nil
 	}
-	db.pos = prev
-	db.publish()
+	if db.pos != prev { // published
+		db.pos = prev
+		db.publish()
+	}
 	if terr := db.log.TakeBack(pos.TXID, prev, prevLast); terr != nil {
 		// The file stays while the position went back: the database
 		// no longer matches its log, and the node must stop for it.

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"sort"
 	"time"
 
 	"github.com/litefs-project/litefs/ltx"
@@ -115,14 +116,9 @@ func (s *Server) stream(ctx context.Context, st *streamWriter, req *streamReques
 		if !s.Store.IsPrimary() {
 			return ErrNotPrimary // stepped down: the replica finds the new primary
 		}
-		moved := false
-		for _, db := range s.Store.DBs() {
-			pos, err := s.sendDB(ctx, st, db, sent[db.Name()], logger)
-			if err != nil {
-				return fmt.Errorf("send %q: %w", db.Name(), err)
-			}
-			moved = moved || pos != sent[db.Name()]
-			sent[db.Name()] = pos
+		moved, err := s.sendRound(ctx, st, sent, logger)
+		if err != nil {
+			return err
 		}
 		for name := range sent {
 			if s.Store.DB(name) == nil {
@@ -151,6 +147,90 @@ func (s *Server) stream(ctx context.Context, st *streamWriter, req *streamReques
 			}
 		}
 	}
+}
+
+// sendRound sends every database's changes since sent, which it keeps up
+// to date, and reports whether anything was sent.
+func (s *Server) sendRound(ctx context.Context, st *streamWriter, sent map[string]ltx.Pos, logger *slog.Logger) (bool, error) {
+	if t := s.Store.syncTracker(); t != nil {
+		return s.sendOrdered(ctx, st, t, sent, logger)
+	}
+	moved := false
+	for _, db := range s.Store.DBs() {
+		pos, err := s.sendDB(ctx, st, db, sent[db.Name()], logger)
+		if err != nil {
+			return moved, fmt.Errorf("send %q: %w", db.Name(), err)
+		}
+		moved = moved || pos != sent[db.Name()]
+		sent[db.Name()] = pos
+	}
+	return moved, nil
+}
+
+// sendOrdered is a round of the stream with lease.sync-replicas set: the
+// LTX files of every database go in the order their commits were
+// published (see syncTracker), up to the newest published when the round
+// began, so the replica, which applies in the order it receives, always
+// holds a prefix of the primary's commits across databases. Snapshots
+// (a replica whose history differs, or that the log no longer reaches)
+// go first and bring their database to the primary's position; files
+// published before every seq kept, or not through a commit (an import),
+// go right after their database's previous file. It reports whether
+// anything was sent; sent is kept up to date.
+func (s *Server) sendOrdered(ctx context.Context, st *streamWriter, t *syncTracker, sent map[string]ltx.Pos, logger *slog.Logger) (bool, error) {
+	last := t.lastSeq()
+	type item struct {
+		seq  uint64
+		db   *DB
+		file ltx.FileInfo
+	}
+	var (
+		items []item
+		moved bool
+	)
+	for _, db := range s.Store.DBs() {
+		name, from := db.Name(), sent[db.Name()]
+		plan, err := planSend(db, from, true)
+		if err != nil {
+			return moved, fmt.Errorf("send %q: %w", name, err)
+		}
+		if plan.snapshot {
+			pos, err := s.sendDB(ctx, st, db, from, logger)
+			if err != nil {
+				return moved, fmt.Errorf("send %q: %w", name, err)
+			}
+			moved = moved || pos != from
+			sent[name] = pos
+			continue
+		}
+		prev := uint64(0)
+		for _, f := range plan.files {
+			seq := max(t.seqOf(name, f.MaxTXID), prev)
+			if seq > last {
+				break // published after the round began: the next round sends it
+			}
+			items = append(items, item{seq: seq, db: db, file: f})
+			prev = seq
+		}
+	}
+	sort.SliceStable(items, func(i, j int) bool { return items[i].seq < items[j].seq })
+	gone := make(map[*DB]bool) // removed by retention meanwhile: a snapshot next round
+	for _, it := range items {
+		if gone[it.db] {
+			continue
+		}
+		name := it.db.Name()
+		pos, err := s.sendLog(st, it.db, []ltx.FileInfo{it.file}, sent[name])
+		if errors.Is(err, os.ErrNotExist) {
+			gone[it.db] = true
+			continue
+		} else if err != nil {
+			return moved, fmt.Errorf("send %q: %w", name, err)
+		}
+		moved = true
+		sent[name] = pos
+	}
+	return moved, nil
 }
 
 func (s *Server) heartbeat(st *streamWriter) error {

@@ -52,7 +52,25 @@ type syncTracker struct {
 	waiters  []*syncWaiter                 // in commit order
 	async    bool                          // fallen back to asynchronous replication
 	err      error                         // set while demoting: waiting commits fail with it
+
+	// Publish order: every commit gets the next seq as its position is
+	// published, under mu, and the stream sends files in that order (see
+	// Server.sendOrdered), so a candidate always holds a prefix of it and
+	// any two candidates' positions are ordered: one has everything the
+	// other has. The election's "more transactions" rule needs that.
+	seq   uint64
+	seqs  map[string]map[ltx.TXID]uint64 // db -> txid -> seq, the newest maxSeqs
+	order []seqKey                       // the same, oldest first, to forget the oldest
 }
+
+type seqKey struct {
+	db   string
+	txid ltx.TXID
+}
+
+// maxSeqs bounds how many commits' seqs are kept; older ones count as
+// published before every kept one.
+const maxSeqs = 1 << 16
 
 type syncWaiter struct {
 	db   string
@@ -68,6 +86,7 @@ func newSyncTracker(replicas int, timeout time.Duration, fallback string, logger
 	return &syncTracker{
 		replicas: replicas, timeout: timeout, fallback: fallback, logger: logger, metrics: m,
 		acks: make(map[string]map[string]ltx.Pos), released: make(map[string]ltx.Pos), latest: make(map[string]ltx.Pos),
+		seqs: make(map[string]map[ltx.TXID]uint64),
 	}
 }
 
@@ -82,7 +101,39 @@ func (t *syncTracker) reset(positions map[string]ltx.Pos) {
 	maps.Copy(t.released, positions)
 	maps.Copy(t.latest, positions)
 	t.async, t.err = false, nil
+	t.seqs, t.order = make(map[string]map[ltx.TXID]uint64), nil
 	t.metrics.syncMode(false)
+}
+
+// seqOf returns the publish seq of database db's transaction txid; 0 for
+// one published before every seq kept (or not through the tracker).
+func (t *syncTracker) seqOf(db string, txid ltx.TXID) uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.seqs[db][txid]
+}
+
+// lastSeq returns the newest publish seq: every commit with a seq up to it
+// is published.
+func (t *syncTracker) lastSeq() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.seq
+}
+
+// recordLocked gives database db's transaction txid the next seq. t.mu held.
+func (t *syncTracker) recordLocked(db string, txid ltx.TXID) {
+	t.seq++
+	if t.seqs[db] == nil {
+		t.seqs[db] = make(map[ltx.TXID]uint64)
+	}
+	t.seqs[db][txid] = t.seq
+	t.order = append(t.order, seqKey{db, txid})
+	if len(t.order) > maxSeqs {
+		old := t.order[0]
+		delete(t.seqs[old.db], old.txid)
+		t.order = t.order[1:]
+	}
 }
 
 // abort fails every waiting commit with err, and those that start until
@@ -130,6 +181,7 @@ func (t *syncTracker) forget(db string) {
 	defer t.mu.Unlock()
 	delete(t.released, db)
 	delete(t.latest, db)
+	delete(t.seqs, db)
 	t.releaseLocked()
 }
 
@@ -192,29 +244,45 @@ func (t *syncTracker) releaseLocked() {
 	t.waiters = kept
 }
 
-// wait returns once enough candidates hold the commit that moved database
-// db from prev to pos (and every commit released before it). With no
-// acknowledgement within the timeout it returns an error wrapping
-// ErrSyncTimeout, or, with fallback async, switches to asynchronous
-// replication and returns nil. In asynchronous mode it returns at once.
-func (t *syncTracker) wait(db string, prev, pos ltx.Pos) error {
+// publish publishes the commit that moves database db from prev to pos
+// (publish makes the position visible), in publish order, and returns what
+// to wait on: nil in asynchronous mode, when the commit need not wait.
+// It fails if the node is stepping down.
+func (t *syncTracker) publish(db string, pos ltx.Pos, publish func()) (*syncWaiter, error) {
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	if t.err != nil {
-		err := t.err
-		t.mu.Unlock()
-		return err
+		return nil, t.err
 	}
+	t.recordLocked(db, pos.TXID)
 	t.latest[db] = pos
+	publish()
 	if t.async {
 		t.releaseLocked() // the new position may be what a candidate already holds
-		t.mu.Unlock()
-		return nil
+		return nil, nil
 	}
 	w := &syncWaiter{db: db, pos: pos, done: make(chan struct{})}
 	t.waiters = append(t.waiters, w)
 	t.releaseLocked()
-	t.mu.Unlock()
+	return w, nil
+}
 
+// wait publishes as publish does and waits as await does.
+func (t *syncTracker) wait(db string, prev, pos ltx.Pos) error {
+	w, err := t.publish(db, pos, func() {})
+	if err != nil || w == nil {
+		return err
+	}
+	return t.await(w, prev)
+}
+
+// await returns once enough candidates hold the commit w waits for (and
+// every commit released before it). With no acknowledgement within the
+// timeout it takes the commit out of the publish order, back to prev, and
+// returns an error wrapping ErrSyncTimeout, or, with fallback async,
+// switches to asynchronous replication and returns nil.
+func (t *syncTracker) await(w *syncWaiter, prev ltx.Pos) error {
+	db, pos := w.db, w.pos
 	timer := time.NewTimer(t.timeout)
 	defer timer.Stop()
 	select {
@@ -251,6 +319,7 @@ func (t *syncTracker) wait(db string, prev, pos ltx.Pos) error {
 		return nil
 	}
 	t.latest[db] = prev
+	delete(t.seqs[db], pos.TXID)
 	return fmt.Errorf("%w: database %q txid %s, %d of %d candidates (waited %s)",
 		ErrSyncTimeout, db, pos.TXID, t.holders(map[string]ltx.Pos{db: pos}), t.replicas, t.timeout)
 }

@@ -1,12 +1,16 @@
 package replica
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -281,5 +285,52 @@ func TestRole_SyncElection(t *testing.T) {
 				t.Errorf("primary %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+type nopFlusher struct{}
+
+func (nopFlusher) Flush() {}
+
+// TestServer_SendOrdered checks that with sync-replicas the stream sends
+// the files of several databases in the order their commits were
+// published, so a replica always holds a prefix of the primary's commits.
+func TestServer_SendOrdered(t *testing.T) {
+	s, a := syncStore(t, 50*time.Millisecond, SyncFallbackAsync) // no candidate: async after the first
+	b, err := s.CreateDB("b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := byte(1); i <= 3; i++ {
+		for _, db := range []*DB{a, b} {
+			if err := syncTxn(t, db, i); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var buf bytes.Buffer
+	srv := NewServer(s, "p")
+	if _, err := srv.sendOrdered(context.Background(), &streamWriter{w: &buf, flusher: nopFlusher{}}, s.syncTracker(), map[string]ltx.Pos{}, s.Logger); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	r := bufio.NewReader(&buf)
+	for i := 0; i < 1000; i++ {
+		typ, payload, err := readFrame(r)
+		if errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if typ == frameBegin {
+			var bg streamBegin
+			if err := json.Unmarshal(payload, &bg); err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, bg.DB)
+		}
+	}
+	if want := "a b a b a b"; strings.Join(got, " ") != want {
+		t.Errorf("files sent for %v, want %s", got, want)
 	}
 }
