@@ -120,6 +120,13 @@ func (fs *FS) errno(op string, n *node, err error) error {
 			n.name+" FILE, which checks the file and makes it one transaction; to copy a file in with cp, use a new name",
 			slog.String(replica.LogKeyDB, n.name))
 		return syscall.EACCES
+	case errors.Is(err, replica.ErrSyncTimeout):
+		// SQLite maps a failed write or unlink of its commit to an I/O
+		// error (SQLITE_IOERR) and rolls the transaction back.
+		if fs.readOnlyLog.Allow() {
+			fs.Logger.Warn(op + " failed: " + err.Error() + "; SQLite reports \"disk I/O error\" and rolls the transaction back (are the candidates up?)")
+		}
+		return syscall.EIO
 	case errors.Is(err, replica.ErrNotPageWrite):
 		fs.Logger.Warn(op+" refused: "+err.Error()+
 			"; only SQLite writes database files in the mount, and a plain file copied in under a new name is imported when closed: "+

@@ -203,6 +203,32 @@ func (l *Log) AppendChecked(hdr Header, pages []Page, post checksum.Checksum, ch
 	return nil
 }
 
+// TakeBack removes the newest file, which must end at txid, and returns
+// the log to prev, the position before it, with prevLast the header of
+// the file before it (LastHeader before the append). It undoes an append
+// whose transaction could not be acknowledged after the file was durable
+// (a synchronous commit no candidate acknowledged in time), as
+// AppendChecked does when its check fails. A crash before the removal is
+// durable leaves the file, as for any commit not yet acknowledged.
+func (l *Log) TakeBack(txid TXID, prev Pos, prevLast Header) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := len(l.files)
+	if n == 0 || l.files[n-1].MaxTXID != txid || l.pos.TXID != txid {
+		return fmt.Errorf("take back ltx %s: log is at %s", txid, l.pos.TXID)
+	}
+	f := l.files[n-1]
+	if err := os.Remove(l.Path(f.MinTXID, f.MaxTXID)); err != nil {
+		return fmt.Errorf("take back ltx %s: %w", txid, err)
+	}
+	if err := SyncDir(l.dir); err != nil {
+		return fmt.Errorf("take back ltx %s: %w", txid, err)
+	}
+	l.files = l.files[:n-1]
+	l.pos, l.last = prev, prevLast
+	return nil
+}
+
 // Adopt moves a complete, verified LTX file at src (on the same
 // filesystem) into the log, durably. It must continue the log, unless it
 // is a snapshot, which replaces every file in the log.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"net/http"
@@ -71,6 +72,7 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /stream", s.handleStream)
 	mux.HandleFunc("GET /info", s.handleInfo)
+	mux.HandleFunc("POST /ack", s.handleAck)
 	mux.HandleFunc("POST /handoff", s.handleHandoff)
 	mux.HandleFunc("POST /import", s.handleImport)
 	mux.HandleFunc("GET /export", s.handleExport)
@@ -99,8 +101,11 @@ type ReplicaInfo struct {
 
 // replicaConn is a connected replica's stream, as the server tracks it.
 type replicaConn struct {
-	since time.Time
-	sent  map[string]string // positions sent, guarded by Server.mu
+	since     time.Time
+	sent      map[string]string // positions sent, guarded by Server.mu
+	session   string            // names the stream in acknowledgements
+	candidate bool
+	verified  bool // the stream checked the replica's history: its acks count
 }
 
 // Replicas returns the replicas connected now, sorted by name.
@@ -124,7 +129,7 @@ func (s *Server) setSent(req *streamRequest, sent map[string]ltx.Pos) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if c := s.replicas[req]; c != nil {
-		c.sent = m
+		c.sent, c.verified = m, true
 	}
 }
 
@@ -155,6 +160,10 @@ type NodeInfo struct {
 	Replicas []ReplicaInfo `json:"replicas,omitempty"`
 	// Aside lists the databases kept aside in data.dir/aside.
 	Aside []string `json:"aside,omitempty"`
+	// SyncMode, on a primary with lease.sync-replicas set, is "sync"
+	// while commits wait for candidates, or "async" while it has fallen
+	// back to asynchronous replication (lease.sync-fallback: async).
+	SyncMode string `json:"sync_mode,omitempty"`
 	// Proxy is the state of this node's HTTP proxy, if it runs one.
 	Proxy *ProxyInfo `json:"proxy,omitempty"`
 }
@@ -235,6 +244,7 @@ func (s *Server) info() NodeInfo {
 			info.WritesUntil = &f
 		}
 		info.Replicas = s.Replicas()
+		info.SyncMode = s.Store.SyncMode()
 	}
 	info.Aside, _ = s.Store.Aside()
 	if s.ProxyHealth != nil {
@@ -287,6 +297,43 @@ func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, s.info())
+}
+
+// handleAck answers POST /ack: a candidate reports what it holds durably
+// (see ackRequest). Reports from non-candidates, from streams that ended,
+// and from streams whose replica's history is not yet checked do not count.
+func (s *Server) handleAck(w http.ResponseWriter, r *http.Request) {
+	var req ackRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+		writeError(w, fmt.Errorf("%w: ack: %v", errBadRequest, err))
+		return
+	}
+	t := s.Store.syncTracker()
+	if t == nil || !s.Store.IsPrimary() {
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	pos := make(map[string]ltx.Pos, len(req.Positions))
+	for name, p := range req.Positions {
+		var err error
+		if pos[name], err = ltx.ParsePos(p); err != nil {
+			writeError(w, fmt.Errorf("%w: ack: position of %q: %v", errBadRequest, name, err))
+			return
+		}
+	}
+	s.mu.Lock()
+	counts := false
+	for _, c := range s.replicas {
+		if c.session == req.Session {
+			counts = c.candidate && c.verified
+			break
+		}
+	}
+	s.mu.Unlock()
+	if counts {
+		t.ack(req.Session, pos)
+	}
+	w.WriteHeader(http.StatusOK)
 }
 
 // HandoffResult is the body of a successful POST /handoff.

@@ -206,6 +206,21 @@ func (c *Client) Handoff(ctx context.Context, base, to string) (HandoffResult, e
 	return res, err
 }
 
+// ack reports to the primary at base what this candidate holds durably
+// (POST /ack). It travels on the client's keep-alive connections.
+func (c *Client) ack(ctx context.Context, base string, req ackRequest) error {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	resp, err := c.do(ctx, http.MethodPost, base, "/ack", nil, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.Body.Close()
+}
+
 // stream opens the replication stream at the primary base.
 func (c *Client) stream(ctx context.Context, base string, req streamRequest) (io.ReadCloser, error) {
 	body, err := json.Marshal(req)

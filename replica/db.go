@@ -50,6 +50,7 @@ type DB struct {
 	canCommit func() error // refuses commits on a node that may not write
 	onChange  func()       // tells the store the position moved
 	metrics   *Metrics     // nil: none
+	sync      *syncTracker // nil: asynchronous replication
 
 	wal walState
 

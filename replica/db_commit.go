@@ -162,20 +162,71 @@ func (db *DB) commitTxn(pageN uint32, written []uint32, read func(pgno uint32, b
 	// Nothing was published yet, so the file is taken back and the
 	// commit refused like any other; only the few instructions from the
 	// check to the reply remain exposed to such a pause.
+	var prevLast ltx.Header // what a take-back returns the log to
+	if db.sync != nil {
+		prevLast = db.log.LastHeader()
+	}
 	if err := db.log.AppendChecked(hdr, pages, post, db.canCommit); err != nil {
 		if errors.Is(err, ErrReadOnly) || errors.Is(err, ErrFenced) {
 			return err
 		}
 		return fmt.Errorf("commit txid %s: %w", txid, err)
 	}
+	pos := ltx.Pos{TXID: txid, Checksum: post}
+	if db.sync != nil {
+		if err := db.awaitSync(pos, prevLast); err != nil {
+			return err
+		}
+	} else {
+		db.pos = pos
+		db.publish()
+	}
 	db.chk.Apply(pageN, sums)
-	db.pos = ltx.Pos{TXID: txid, Checksum: post}
-	db.publish()
 	db.diskRoomAgain()
 	db.metrics.committed(db.name, time.Since(start))
 	db.logger.Debug("commit", slog.String(LogKeyTXID, txid.String()), slog.Int("pages", len(pages)),
 		slog.Uint64("commit", uint64(pageN)), slog.String(LogKeyChecksum, post.String()))
 	return nil
+}
+
+// awaitSync publishes the position pos of a transaction whose LTX file is
+// durable, so that the stream sends it, and waits until enough candidates
+// hold it (lease.sync-replicas). If they do not in time, or the node may
+// no longer commit once they do (fenced or stepping down while it
+// waited), the transaction is taken back: the position returns to what it
+// was, the LTX file is removed, and the commit fails, so SQLite rolls it
+// back (from the journal, or by dropping its WAL frames). Nothing of it
+// stays on the primary; a replica that received it meanwhile finds its
+// history differs at the next transaction and is sent a snapshot, its
+// state kept aside. db.mu held: the database's next commit waits behind
+// this one; other databases' commits wait alongside it.
+func (db *DB) awaitSync(pos ltx.Pos, prevLast ltx.Header) error {
+	prev := db.pos
+	w, err := db.sync.publish(db.name, pos, func() {
+		db.pos = pos
+		db.publish()
+	})
+	if err == nil && w != nil {
+		err = db.sync.await(w, prev)
+	}
+	if err == nil && db.canCommit != nil {
+		err = db.canCommit()
+	}
+	if err == nil {
+		return nil
+	}
+	if db.pos != prev { // published
+		db.pos = prev
+		db.publish()
+	}
+	if terr := db.log.TakeBack(pos.TXID, prev, prevLast); terr != nil {
+		// The file stays while the position went back: the database
+		// no longer matches its log, and the node must stop for it.
+		return fmt.Errorf("commit txid %s: %v, and taking it back failed: %w", pos.TXID, err, terr)
+	}
+	db.logger.Warn("commit taken back: not acknowledged by enough candidates in time, or the node stopped being the primary",
+		slog.String(LogKeyTXID, pos.TXID.String()), slog.Any(LogKeyError, err))
+	return err
 }
 
 // commitFailed logs a commit that could not be made and reports it to the
@@ -184,6 +235,9 @@ func (db *DB) commitTxn(pageN uint32, written []uint32, read func(pgno uint32, b
 // that failed for lack of space is logged once per episode of a full disk
 // (see DiskFull); it is still reported.
 func (db *DB) commitFailed(err error) {
+	if errors.Is(err, ErrSyncTimeout) {
+		return // logged by awaitSync; the node goes on as primary
+	}
 	if errors.Is(err, ErrReadOnly) || errors.Is(err, ErrFenced) {
 		if errors.Is(err, ErrFenced) {
 			db.metrics.fencedCommit()

@@ -52,6 +52,13 @@ var (
 	// another node take over.
 	ErrFenced = errors.New("commit refused: the primary lease was not renewed in time")
 
+	// ErrSyncTimeout is returned for a commit on a primary with
+	// lease.sync-replicas set that too few candidates acknowledged within
+	// lease.sync-timeout (with lease.sync-fallback: fail). The transaction
+	// is taken back: the primary's log and position are as before it, and
+	// SQLite, seeing its commit fail with an I/O error, rolls it back.
+	ErrSyncTimeout = errors.New("commit not acknowledged by enough candidates within lease.sync-timeout")
+
 	// ErrNotPrimary is returned for what only the primary can do.
 	ErrNotPrimary = errors.New("this node is not the primary")
 

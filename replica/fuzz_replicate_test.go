@@ -73,7 +73,7 @@ func (h *fzHarness) replicate(r, limit int) {
 		diverged := from.TXID > 0 && !h.isAncestor(name, from, cur)
 
 		// What to send is the stream's own decision.
-		plan, err := planSend(pdb, from)
+		plan, err := planSend(pdb, from, false)
 		if err != nil {
 			h.fatalf("plan what to send node %d for %q at %s: %v", r, name, from, err)
 		}

@@ -25,6 +25,8 @@ type Metrics struct {
 	movedAside      prometheus.Counter
 	fuseRequests    *prometheus.CounterVec
 	proxyRequests   *prometheus.CounterVec
+	syncTimeouts    prometheus.Counter
+	syncAsync       prometheus.Gauge
 }
 
 // latencyBuckets run from 100µs to about 13s.
@@ -59,9 +61,14 @@ func NewMetrics(reg prometheus.Registerer, store *Store, server *Server) *Metric
 		proxyRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "litefs_proxy_requests_total",
 			Help: "Requests the HTTP proxy served, by route (read, write, passthrough, health) and outcome (a refusal's code, else the status class)."},
 			[]string{"route", "outcome"}),
+		syncTimeouts: c("litefs_sync_timeouts_total",
+			"Commits that too few candidates acknowledged within lease.sync-timeout (failed, or fell back to asynchronous replication)."),
+		syncAsync: prometheus.NewGauge(prometheus.GaugeOpts{Name: "litefs_sync_async",
+			Help: "1 while a primary with lease.sync-replicas has fallen back to asynchronous replication (lease.sync-fallback: async), else 0."}),
 	}
 	reg.MustRegister(m.commits, m.commitDuration, m.applyDuration, m.replicationLag, m.handoffDuration,
 		m.handoffWindow, m.fenced, m.demotions, m.reconnects, m.snapshotsSent, m.movedAside, m.fuseRequests, m.proxyRequests,
+		m.syncTimeouts, m.syncAsync,
 		&storeCollector{store: store, server: server})
 	return m
 }
@@ -117,6 +124,20 @@ func (m *Metrics) fencedCommit() { m.inc(func(m *Metrics) prometheus.Counter { r
 func (m *Metrics) demoted()      { m.inc(func(m *Metrics) prometheus.Counter { return m.demotions }) }
 func (m *Metrics) snapshotSent() {
 	m.inc(func(m *Metrics) prometheus.Counter { return m.snapshotsSent })
+}
+func (m *Metrics) syncTimedOut() {
+	m.inc(func(m *Metrics) prometheus.Counter { return m.syncTimeouts })
+}
+
+func (m *Metrics) syncMode(async bool) {
+	if m == nil {
+		return
+	}
+	if async {
+		m.syncAsync.Set(1)
+	} else {
+		m.syncAsync.Set(0)
+	}
 }
 func (m *Metrics) reconnected()   { m.inc(func(m *Metrics) prometheus.Counter { return m.reconnects }) }
 func (m *Metrics) movedAsideOne() { m.inc(func(m *Metrics) prometheus.Counter { return m.movedAside }) }

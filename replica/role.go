@@ -66,6 +66,10 @@ type Role struct {
 	Promote bool
 	// HandoffTimeout bounds how long a handoff waits for its target.
 	HandoffTimeout time.Duration
+	// SyncReplicas is lease.sync-replicas: with it set, a candidate wins
+	// an election only if it saw the positions of that many other
+	// candidates and none was ahead (see elect).
+	SyncReplicas int
 
 	self                  lease.Node
 	ttl, interval, margin time.Duration
@@ -267,12 +271,25 @@ func (r *Role) elect(ctx context.Context, handedOff bool) bool {
 			r.Logger.Warn("read the other candidates' positions", slog.Any(LogKeyError, err))
 			return false
 		}
+		others := 0
 		for _, c := range cands {
-			if c.Hostname != r.self.Hostname && lease.Ahead(c.TXIDs, mine) {
+			if c.Hostname == r.self.Hostname {
+				continue
+			}
+			others++
+			if lease.Ahead(c.TXIDs, mine) {
 				r.Logger.Info("no primary; another candidate has more transactions and should take the lease",
 					slog.String("candidate", c.Hostname), slog.Any("its_txids", c.TXIDs), slog.Any("txids", mine))
 				return false
 			}
+		}
+		// With synchronous replication the acknowledged transactions are
+		// on sync-replicas candidates besides the dead primary: a
+		// candidate that heard from fewer may be missing them.
+		if r.SyncReplicas > 0 && others < r.SyncReplicas {
+			r.Logger.Info("no primary; waiting to hear from enough other candidates (lease.sync-replicas) before taking the lease, so that none holding acknowledged transactions is passed over",
+				slog.Int("heard_from", others), slog.Int("sync_replicas", r.SyncReplicas))
+			return false
 		}
 	}
 	l, err := r.Leaser.Acquire(ctx)

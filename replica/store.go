@@ -59,6 +59,17 @@ type Store struct {
 	// OnError, if set, is called when a database fails in a way the caller
 	// may want to stop for (a commit that could not be made durable).
 	OnError func(db string, err error)
+	// SyncReplicas, if above zero, makes every commit wait until that many
+	// candidates hold it durably (lease.sync-replicas); zero: asynchronous
+	// replication. SyncTimeout bounds the wait (zero: DefaultSyncTimeout);
+	// SyncFallback says what then: SyncFallbackFail (the default) or
+	// SyncFallbackAsync. Set before Open.
+	SyncReplicas int
+	SyncTimeout  time.Duration
+	SyncFallback string
+
+	syncOnce sync.Once
+	sync     *syncTracker // nil unless SyncReplicas > 0
 
 	mu  sync.Mutex
 	dbs map[string]*DB
@@ -145,6 +156,7 @@ func (s *Store) Promote(fence time.Time) {
 	s.primarySince = time.Now()
 	s.roleChangedLocked()
 	s.roleMu.Unlock()
+	s.resetSync()
 	s.notify()
 }
 
@@ -159,6 +171,9 @@ func (s *Store) Demote(ctx context.Context, gate Gate) error {
 	s.primary, s.fence = false, time.Time{}
 	s.roleChangedLocked()
 	s.roleMu.Unlock()
+	if t := s.syncTracker(); t != nil {
+		t.abort(ErrReadOnly) // waiting commits are taken back at once
+	}
 	s.notify()
 	var first error
 	for _, db := range s.DBs() {
@@ -229,6 +244,41 @@ func (s *Store) SetPrimaryURL(url string) {
 	}
 	s.primaryURL, s.primarySince, s.primaryErr = url, time.Now(), nil
 	s.roleChangedLocked()
+}
+
+// syncTracker returns the tracker of synchronous replication, nil when
+// SyncReplicas is zero.
+func (s *Store) syncTracker() *syncTracker {
+	s.syncOnce.Do(func() {
+		if s.SyncReplicas > 0 {
+			s.sync = newSyncTracker(s.SyncReplicas, s.SyncTimeout, s.SyncFallback, s.Logger, s.Metrics)
+		}
+	})
+	return s.sync
+}
+
+// resetSync starts synchronous replication over for a new term as
+// primary: what the node holds counts as acknowledged.
+func (s *Store) resetSync() {
+	t := s.syncTracker()
+	if t == nil {
+		return
+	}
+	pos := make(map[string]ltx.Pos)
+	for _, db := range s.DBs() {
+		pos[db.Name()] = db.Pos()
+	}
+	t.reset(pos)
+}
+
+// SyncMode returns, on a primary with SyncReplicas set, SyncModeSync or
+// SyncModeAsync (fallen back, see SyncFallbackAsync); otherwise "".
+func (s *Store) SyncMode() string {
+	t := s.syncTracker()
+	if t == nil || !s.IsPrimary() {
+		return ""
+	}
+	return t.mode()
 }
 
 // Fence returns the time from which this primary refuses commits (zero:
@@ -472,6 +522,7 @@ func (s *Store) openDB(name, dir string) (*DB, error) {
 	db.onChange = s.notify
 	db.canCommit = s.checkCommit
 	db.metrics = s.Metrics
+	db.sync = s.syncTracker()
 	return db, nil
 }
 
@@ -585,6 +636,9 @@ func (s *Store) DeleteDB(name string) error {
 		return err
 	}
 	delete(s.dbs, name)
+	if s.sync != nil {
+		s.sync.forget(name)
+	}
 	if err := os.RemoveAll(db.dir); err != nil {
 		return fmt.Errorf("remove database %q: %w", name, err)
 	}

@@ -49,6 +49,18 @@ type streamRequest struct {
 type streamHello struct {
 	Hostname string `json:"hostname"`            // the primary's lease.hostname
 	ProxyURL string `json:"proxy_url,omitempty"` // the primary's HTTP proxy, if it runs one
+	// Session names this stream in the candidate's acknowledgements;
+	// Acks asks for them (the primary has lease.sync-replicas set and the
+	// replica is a candidate).
+	Session string `json:"session,omitempty"`
+	Acks    bool   `json:"acks,omitempty"`
+}
+
+// ackRequest is the body of POST /ack: the positions a candidate holds
+// durably, on the stream named by Session.
+type ackRequest struct {
+	Session   string            `json:"session"`
+	Positions map[string]string `json:"positions"` // db -> ltx.Pos.String()
 }
 
 // streamHeartbeat says the primary is alive and where its databases are.

@@ -118,6 +118,8 @@ func (c *StreamClient) session(ctx context.Context) (progressed bool, err error)
 	var (
 		file  *incoming
 		batch []*incoming // received, not yet applied
+		acks  *acker      // nil unless the primary asked for acknowledgements
+		beats int
 	)
 	discardBatch := func() {
 		for _, in := range batch {
@@ -132,6 +134,9 @@ func (c *StreamClient) session(ctx context.Context) (progressed bool, err error)
 		}
 		err := c.apply(ctx, batch)
 		discardBatch()
+		if err == nil && acks != nil {
+			acks.poke()
+		}
 		return err
 	}
 	for {
@@ -156,6 +161,9 @@ func (c *StreamClient) session(ctx context.Context) (progressed bool, err error)
 				return progressed, fmt.Errorf("%w: hello: %v", ErrBadFrame, err)
 			}
 			c.Store.setConnected(h.Hostname, h.ProxyURL)
+			if h.Acks && c.Candidate && acks == nil {
+				acks = c.startAcker(ctx, h.Session)
+			}
 			level := slog.LevelInfo
 			if c.full.active.Load() {
 				level = slog.LevelDebug // a retry while the disk is full
@@ -173,6 +181,11 @@ func (c *StreamClient) session(ctx context.Context) (progressed bool, err error)
 				}
 			}
 			c.Store.setPrimaryPositions(pos)
+			// The first heartbeat follows the primary's check of this
+			// replica's history: from then on its acknowledgements count.
+			if beats++; beats == 1 && acks != nil {
+				acks.poke()
+			}
 		case frameBegin:
 			var b streamBegin
 			if err := json.Unmarshal(payload, &b); err != nil {
@@ -223,6 +236,48 @@ func (c *StreamClient) session(ctx context.Context) (progressed bool, err error)
 			}
 		}
 	}
+}
+
+// acker sends a candidate's acknowledgements to the primary: after each
+// apply, the positions it holds durably (an apply syncs before it moves a
+// position). One request is in flight at a time; pokes meanwhile coalesce
+// into the next, so a burst of applies costs a round trip, not one each.
+type acker struct {
+	ch chan struct{}
+}
+
+func (a *acker) poke() {
+	select {
+	case a.ch <- struct{}{}:
+	default:
+	}
+}
+
+// startAcker starts acknowledging on the stream session until ctx ends.
+func (c *StreamClient) startAcker(ctx context.Context, session string) *acker {
+	a := &acker{ch: make(chan struct{}, 1)}
+	go func() {
+		var warned time.Time
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-a.ch:
+			}
+			req := ackRequest{Session: session, Positions: make(map[string]string)}
+			for _, db := range c.Store.DBs() {
+				req.Positions[db.Name()] = db.Pos().String()
+			}
+			actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err := c.API.ack(actx, c.URL, req)
+			cancel()
+			if err != nil && ctx.Err() == nil && time.Since(warned) > 5*time.Second {
+				c.Logger.Warn("acknowledge to the primary", slog.Any(LogKeyError, err))
+				warned = time.Now()
+			}
+		}
+	}()
+	return a
 }
 
 // incoming is a file being received, spooled to disk.

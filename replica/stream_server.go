@@ -2,6 +2,8 @@ package replica
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"sort"
 	"time"
 
 	"github.com/litefs-project/litefs/ltx"
@@ -47,15 +50,20 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	if s.replicas == nil {
 		s.replicas = make(map[*streamRequest]*replicaConn)
 	}
-	s.replicas[&req] = &replicaConn{since: time.Now(), sent: req.Positions}
+	session := newSession()
+	s.replicas[&req] = &replicaConn{since: time.Now(), sent: req.Positions, session: session, candidate: req.Candidate}
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
 		delete(s.replicas, &req)
 		s.mu.Unlock()
+		if t := s.Store.syncTracker(); t != nil {
+			t.drop(session)
+		}
 	}()
 	st := &streamWriter{w: w, flusher: flusher}
-	err := s.stream(r.Context(), st, &req, sent, logger)
+	hello := streamHello{Hostname: s.Hostname, ProxyURL: s.ProxyURL, Session: session, Acks: req.Candidate && s.Store.syncTracker() != nil}
+	err := s.stream(r.Context(), st, &req, hello, sent, logger)
 	if err != nil && r.Context().Err() == nil {
 		logger.Warn("replication stream ended", slog.Any(LogKeyError, err))
 	} else {
@@ -76,13 +84,20 @@ func (st *streamWriter) json(typ byte, v any) error {
 	return writeFrame(st.w, typ, b)
 }
 
+// newSession returns a random name for a stream.
+func newSession() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
 func (st *streamWriter) flush() { st.flusher.Flush() }
 
 // stream sends everything the replica lacks, then every change as it
 // happens, with heartbeats, until ctx ends or a write fails. sent holds the
 // replica's position of each database and is kept up to date.
-func (s *Server) stream(ctx context.Context, st *streamWriter, req *streamRequest, sent map[string]ltx.Pos, logger *slog.Logger) error {
-	if err := st.json(frameHello, streamHello{Hostname: s.Hostname, ProxyURL: s.ProxyURL}); err != nil {
+func (s *Server) stream(ctx context.Context, st *streamWriter, req *streamRequest, hello streamHello, sent map[string]ltx.Pos, logger *slog.Logger) error {
+	if err := st.json(frameHello, hello); err != nil {
 		return err
 	}
 	// Databases the replica has and the primary does not.
@@ -101,14 +116,9 @@ func (s *Server) stream(ctx context.Context, st *streamWriter, req *streamReques
 		if !s.Store.IsPrimary() {
 			return ErrNotPrimary // stepped down: the replica finds the new primary
 		}
-		moved := false
-		for _, db := range s.Store.DBs() {
-			pos, err := s.sendDB(ctx, st, db, sent[db.Name()], logger)
-			if err != nil {
-				return fmt.Errorf("send %q: %w", db.Name(), err)
-			}
-			moved = moved || pos != sent[db.Name()]
-			sent[db.Name()] = pos
+		moved, err := s.sendRound(ctx, st, sent, logger)
+		if err != nil {
+			return err
 		}
 		for name := range sent {
 			if s.Store.DB(name) == nil {
@@ -139,6 +149,90 @@ func (s *Server) stream(ctx context.Context, st *streamWriter, req *streamReques
 	}
 }
 
+// sendRound sends every database's changes since sent, which it keeps up
+// to date, and reports whether anything was sent.
+func (s *Server) sendRound(ctx context.Context, st *streamWriter, sent map[string]ltx.Pos, logger *slog.Logger) (bool, error) {
+	if t := s.Store.syncTracker(); t != nil {
+		return s.sendOrdered(ctx, st, t, sent, logger)
+	}
+	moved := false
+	for _, db := range s.Store.DBs() {
+		pos, err := s.sendDB(ctx, st, db, sent[db.Name()], logger)
+		if err != nil {
+			return moved, fmt.Errorf("send %q: %w", db.Name(), err)
+		}
+		moved = moved || pos != sent[db.Name()]
+		sent[db.Name()] = pos
+	}
+	return moved, nil
+}
+
+// sendOrdered is a round of the stream with lease.sync-replicas set: the
+// LTX files of every database go in the order their commits were
+// published (see syncTracker), up to the newest published when the round
+// began, so the replica, which applies in the order it receives, always
+// holds a prefix of the primary's commits across databases. Snapshots
+// (a replica whose history differs, or that the log no longer reaches)
+// go first and bring their database to the primary's position; files
+// published before every seq kept, or not through a commit (an import),
+// go right after their database's previous file. It reports whether
+// anything was sent; sent is kept up to date.
+func (s *Server) sendOrdered(ctx context.Context, st *streamWriter, t *syncTracker, sent map[string]ltx.Pos, logger *slog.Logger) (bool, error) {
+	last := t.lastSeq()
+	type item struct {
+		seq  uint64
+		db   *DB
+		file ltx.FileInfo
+	}
+	var (
+		items []item
+		moved bool
+	)
+	for _, db := range s.Store.DBs() {
+		name, from := db.Name(), sent[db.Name()]
+		plan, err := planSend(db, from, true)
+		if err != nil {
+			return moved, fmt.Errorf("send %q: %w", name, err)
+		}
+		if plan.snapshot {
+			pos, err := s.sendDB(ctx, st, db, from, logger)
+			if err != nil {
+				return moved, fmt.Errorf("send %q: %w", name, err)
+			}
+			moved = moved || pos != from
+			sent[name] = pos
+			continue
+		}
+		prev := uint64(0)
+		for _, f := range plan.files {
+			seq := max(t.seqOf(name, f.MaxTXID), prev)
+			if seq > last {
+				break // published after the round began: the next round sends it
+			}
+			items = append(items, item{seq: seq, db: db, file: f})
+			prev = seq
+		}
+	}
+	sort.SliceStable(items, func(i, j int) bool { return items[i].seq < items[j].seq })
+	gone := make(map[*DB]bool) // removed by retention meanwhile: a snapshot next round
+	for _, it := range items {
+		if gone[it.db] {
+			continue
+		}
+		name := it.db.Name()
+		pos, err := s.sendLog(st, it.db, []ltx.FileInfo{it.file}, sent[name])
+		if errors.Is(err, os.ErrNotExist) {
+			gone[it.db] = true
+			continue
+		} else if err != nil {
+			return moved, fmt.Errorf("send %q: %w", name, err)
+		}
+		moved = true
+		sent[name] = pos
+	}
+	return moved, nil
+}
+
 func (s *Server) heartbeat(st *streamWriter) error {
 	return st.json(frameHeartbeat, streamHeartbeat{TimeMS: time.Now().UnixMilli(), Positions: s.positions()})
 }
@@ -158,8 +252,12 @@ type sendPlan struct {
 // position: the LTX files after from when the log still has them all and
 // from is on the primary's history; otherwise a snapshot, marked divergent
 // when the replica's history differs or cannot be checked. Nothing to send
-// when from is the position (or the database has no transaction).
-func planSend(db *DB, from ltx.Pos) (sendPlan, error) {
+// when from is the position (or the database has no transaction). With
+// fromLog, a replica without the database gets the log's files when the
+// log still starts at TXID 1 (its first file holds every page): a snapshot
+// would wait for a commit in progress, and with lease.sync-replicas that
+// commit waits for this replica.
+func planSend(db *DB, from ltx.Pos, fromLog bool) (sendPlan, error) {
 	cur := db.Pos()
 	plan := sendPlan{cur: cur}
 	if from == cur || cur.TXID == 0 {
@@ -167,6 +265,8 @@ func planSend(db *DB, from ltx.Pos) (sendPlan, error) {
 	}
 	files := db.Log().Files()
 	switch {
+	case from.TXID == 0 && fromLog && len(files) > 0 && files[0].MinTXID == 1:
+		return planFiles(plan, files, 1), nil
 	case from.TXID == 0:
 		plan.snapshot = true
 		return plan, nil
@@ -194,7 +294,13 @@ func planSend(db *DB, from ltx.Pos) (sendPlan, error) {
 		plan.snapshot, plan.divergent = true, true
 		return plan, nil
 	}
-	next := from.TXID + 1
+	return planFiles(plan, files, from.TXID+1), nil
+}
+
+// planFiles plans to send the log's files from TXID next up to the
+// position, or a snapshot if they do not all chain.
+func planFiles(plan sendPlan, files []ltx.FileInfo, next ltx.TXID) sendPlan {
+	cur := plan.cur
 	for _, f := range files {
 		if f.MaxTXID < next {
 			continue
@@ -214,13 +320,13 @@ func planSend(db *DB, from ltx.Pos) (sendPlan, error) {
 	if next <= cur.TXID {
 		plan.files, plan.snapshot = nil, true
 	}
-	return plan, nil
+	return plan
 }
 
 // sendDB brings a replica at position from up to the database's position
 // and returns the position sent (see planSend).
 func (s *Server) sendDB(ctx context.Context, st *streamWriter, db *DB, from ltx.Pos, logger *slog.Logger) (ltx.Pos, error) {
-	plan, err := planSend(db, from)
+	plan, err := planSend(db, from, s.Store.syncTracker() != nil)
 	if err != nil {
 		return from, err
 	}

@@ -95,13 +95,17 @@ func (l *netLab) clean() {
 }
 
 // startLabCluster starts a Consul agent on the lab's bridge and a
-// candidate in each of its namespaces, serving its API on its own address.
-func startLabCluster(t testing.TB, l *netLab) *ConsulCluster {
+// candidate in each of its namespaces, serving its API on its own address;
+// opts change each node's configuration.
+func startLabCluster(t testing.TB, l *netLab, opts ...func(*NodeConfig)) *ConsulCluster {
 	t.Helper()
 	c := &ConsulCluster{Consul: testconsul.StartOn(t, l.HostIP())}
 	for i := 0; i < l.n; i++ {
 		cfg := c.nodeConfig(fmt.Sprintf("node%d", i+1))
 		cfg.HTTPAddr, cfg.NetNS = l.IP(i)+":20202", l.NS(i)
+		for _, o := range opts {
+			o(&cfg)
+		}
 		c.Nodes = append(c.Nodes, NewNodeWith(t, cfg))
 	}
 	c.start(t)
@@ -240,6 +244,15 @@ const (
 	errRefused = "disk I/O error: read-only file system"
 )
 
+// movedAsideTime returns when n moved a database aside, zero if it did not.
+func movedAsideTime(t testing.TB, n *Node) time.Time {
+	t.Helper()
+	if !strings.Contains(n.Logs(), "database moved aside") {
+		return time.Time{}
+	}
+	return logTime(t, n, "database moved aside")
+}
+
 // logTime returns the time of n's first log line containing s.
 func logTime(t testing.TB, n *Node, s string) time.Time {
 	t.Helper()
@@ -276,14 +289,20 @@ func logTime(t testing.TB, n *Node, s string) time.Time {
 //     has no way to hear "read-only" there); new connections get
 //     SQLITE_READONLY;
 //   - anything else (a bad descriptor, a corrupt database) is wrong.
-func checkRefusals(t testing.TB, mode string, attempts []attempt, steppedDown time.Time) {
+//
+// A connection whose database was moved aside on the node (its history
+// differed from the new primary's) gets an I/O error: its file is gone,
+// and a new connection sees the database the primary sent.
+func checkRefusals(t testing.TB, mode string, attempts []attempt, steppedDown, movedAside time.Time) {
 	t.Helper()
 	for _, a := range attempts {
 		during := !a.start.After(steppedDown.Add(time.Millisecond)) // log times are in ms
+		replaced := !movedAside.IsZero() && !a.start.Before(movedAside.Add(-time.Millisecond))
 		switch {
 		case a.ok || a.err == errReadOnly:
 		case during && strings.HasSuffix(a.err, ": read-only file system"):
 		case mode == "wal" && a.err == errRefused:
+		case replaced && strings.HasPrefix(a.err, "disk I/O error"):
 		default:
 			t.Errorf("write %d (begun %s after the step-down) failed with %q; want %q, or an EROFS error while stepping down",
 				a.id, a.start.Sub(steppedDown), a.err, errReadOnly)
@@ -454,7 +473,7 @@ func testPartitionPrimary(t *testing.T, mode string) {
 				a.id, a.end.Sub(cut), testTTL)
 		}
 	}
-	checkRefusals(t, mode, attempts, logTime(t, p, "this node is now a replica"))
+	checkRefusals(t, mode, attempts, logTime(t, p, "this node is now a replica"), movedAsideTime(t, p))
 	// A new connection on the old primary gets SQLite's read-only error.
 	if out, err := sqlite3(t, p.Path("db"), "INSERT INTO t(id) VALUES (2000000)"); err == nil || !strings.Contains(out, errReadOnly) {
 		t.Errorf("write through a new connection on %s after it stepped down: %v %s", p.Name, err, out)
@@ -569,6 +588,16 @@ func testPausedPrimary(t *testing.T, mode string) {
 	mustSQLite3(t, p.Path("db"), "PRAGMA journal_mode="+mode+"; CREATE TABLE t(id INTEGER PRIMARY KEY, node TEXT, pad BLOB);")
 	w := startFaultWriter(t, p.Path("db"), mode)
 	waitUntil(t, 10*time.Second, "30 acknowledged writes", func() bool { return w.count(func(a attempt) bool { return a.ok }) >= 30 })
+	// The scenario is a primary paused under load with its replicas
+	// following: they must have the database first.
+	for _, n := range c.Nodes {
+		if n != p {
+			waitUntil(t, 10*time.Second, n.Name+" to receive the database", func() bool {
+				_, err := os.Stat(n.Path("db-pos"))
+				return err == nil
+			})
+		}
+	}
 
 	pid := p.cmd.Process.Pid
 	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
@@ -633,7 +662,7 @@ func testPausedPrimary(t *testing.T, mode string) {
 			inFlight++
 		}
 	}
-	checkRefusals(t, mode, attempts, logTime(t, p, "this node is now a replica"))
+	checkRefusals(t, mode, attempts, logTime(t, p, "this node is now a replica"), movedAsideTime(t, p))
 	checkFailedNowhere(t, c, "db", attempts)
 	rep := checkFailover(t, c, p, np, "db", w.acks(p.Name))
 	t.Logf("paused primary %s (%s) for %s: %s elected %s after the pause began; %s stepped down %s after resuming; %d writes in flight across the pause; errors: %v",

@@ -151,13 +151,31 @@ func (n *Node) Client() *replica.Client {
 // freeAddr returns a loopback address with a port free right now.
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	// The port is free when asked for, but the kernel may offer it again
+	// before the node binds it: never hand out the same one twice.
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	for i := 0; i < 100; i++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		if !handedOut.m[addr] {
+			handedOut.m[addr] = true
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("no free loopback port not handed out before")
+	return ""
 }
+
+// handedOut are the addresses freeAddr returned in this process.
+var handedOut = struct {
+	sync.Mutex
+	m map[string]bool
+}{m: make(map[string]bool)}
 
 // WriteConfig replaces the node's config file.
 func (n *Node) WriteConfig(yaml string) {

@@ -132,6 +132,16 @@ type LeaseConfig struct {
 	// HandoffTimeout bounds how long a handoff waits for the target to
 	// catch up before it releases the lease to any candidate.
 	HandoffTimeout time.Duration `yaml:"handoff-timeout"`
+	// SyncReplicas is how many candidates must hold a transaction
+	// durably before its COMMIT returns on the primary; 0 (the default)
+	// replicates asynchronously.
+	SyncReplicas int `yaml:"sync-replicas"`
+	// SyncTimeout bounds how long a COMMIT waits for them.
+	SyncTimeout time.Duration `yaml:"sync-timeout"`
+	// SyncFallback is what happens when they do not acknowledge in time:
+	// "fail" (the COMMIT fails) or "async" (the primary goes on
+	// asynchronously until a candidate catches up).
+	SyncFallback string `yaml:"sync-fallback"`
 }
 
 // ConsulConfig is the Consul lease.
@@ -183,6 +193,7 @@ func NewConfig() Config {
 		Data: DataConfig{Retention: replica.DefaultRetention, RetentionMonitorInterval: replica.DefaultRetentionInterval},
 		HTTP: HTTPConfig{Addr: DefaultHTTPAddr},
 		Lease: LeaseConfig{Type: "static", Candidate: true, Hostname: host, HandoffTimeout: replica.DefaultHandoffTimeout,
+			SyncTimeout: replica.DefaultSyncTimeout, SyncFallback: replica.SyncFallbackFail,
 			Consul: ConsulConfig{Key: lease.DefaultConsulKey, TTL: lease.DefaultConsulTTL, LockDelay: lease.DefaultConsulLockDelay}},
 		Log: LogConfig{Format: "text"},
 		Proxy: ProxyConfig{MaxLag: proxy.DefaultMaxLag, PrimaryRedirectTimeout: proxy.DefaultPrimaryRedirectTimeout,
@@ -249,12 +260,18 @@ func (c *Config) Validate() error {
 		if c.Lease.Promote {
 			return errors.New("lease.promote: needs lease.type consul (a static lease has a fixed primary)")
 		}
+		if c.Lease.SyncReplicas != 0 {
+			return errors.New("lease.sync-replicas: needs lease.type consul (a static lease has no other candidate to acknowledge commits)")
+		}
 	case "consul":
 		if err := c.Lease.validateConsul(); err != nil {
 			return err
 		}
 	default:
 		return fmt.Errorf("lease.type: must be static or consul, got %q", c.Lease.Type)
+	}
+	if err := c.Lease.validateSync(); err != nil {
+		return err
 	}
 	if err := c.HTTP.TLS.validate(c.Lease.AdvertiseURL); err != nil {
 		return err
@@ -324,6 +341,18 @@ func (p *ProxyConfig) validate() error {
 		if err := proxy.ValidatePattern(pat); err != nil {
 			return fmt.Errorf("proxy.always-forward[%d]: %w", i, err)
 		}
+	}
+	return nil
+}
+
+func (l *LeaseConfig) validateSync() error {
+	switch {
+	case l.SyncReplicas < 0:
+		return fmt.Errorf("lease.sync-replicas: must be 0 (asynchronous) or more, got %d", l.SyncReplicas)
+	case l.SyncTimeout <= 0:
+		return fmt.Errorf("lease.sync-timeout: must be positive, got %s", l.SyncTimeout)
+	case l.SyncFallback != replica.SyncFallbackFail && l.SyncFallback != replica.SyncFallbackAsync:
+		return fmt.Errorf("lease.sync-fallback: must be fail or async, got %q", l.SyncFallback)
 	}
 	return nil
 }

@@ -105,6 +105,8 @@ func (c *MountCommand) Run(ctx context.Context) error {
 	c.Store.Retention = c.Config.Data.Retention
 	c.Store.RetentionInterval = c.Config.Data.RetentionMonitorInterval
 	c.Store.Logger = c.Logger
+	c.Store.SyncReplicas, c.Store.SyncTimeout, c.Store.SyncFallback =
+		c.Config.Lease.SyncReplicas, c.Config.Lease.SyncTimeout, c.Config.Lease.SyncFallback
 	c.Store.SetPrimary(false)
 	fatal := make(chan error, 1)
 	if c.Config.ExitOnError {
@@ -151,6 +153,7 @@ func (c *MountCommand) Run(ctx context.Context) error {
 	cluster := &replica.NetCluster{Store: c.Store, Gate: c.FS, Server: c.Server, API: api, Self: c.Leaser.Self(), Logger: c.Logger}
 	c.Role = replica.NewRole(c.Leaser, c.Store, c.FS, cluster)
 	c.Role.Promote, c.Role.HandoffTimeout = c.Config.Lease.Promote, c.Config.Lease.HandoffTimeout
+	c.Role.SyncReplicas = c.Config.Lease.SyncReplicas
 	c.Server.Handoff = c.Role.Handoff
 
 	// A node whose lease never expires and is its own (the static
