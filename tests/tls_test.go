@@ -86,7 +86,8 @@ func writePEM(t *testing.T, path, typ string, der []byte) {
 }
 
 // TestTLS_ConsulCluster runs three candidates on Consul with a cluster
-// secret and mutual TLS: writes replicate, a handoff and an export work
+// secret and mutual TLS: writes replicate, a handoff, an export and an
+// import work
 // through the CLI with the client's certificate; a node with a
 // certificate from another CA, a client without a certificate, and plain
 // HTTP are all refused, and the cluster keeps working.
@@ -144,6 +145,22 @@ func TestTLS_ConsulCluster(t *testing.T) {
 	}
 	if got := mustSQLite3(t, dst, "PRAGMA integrity_check"); got != "ok" {
 		t.Fatalf("exported copy: %s", got)
+	}
+	// The copy imported under a new name through a replica (sent on to
+	// the primary) reaches every node.
+	waitUntil(t, 10*time.Second, p.Name+" to follow "+target.Name, func() bool {
+		info, err := getAPIInfo(p)
+		return err == nil && info.Connected && info.PrimaryHostname == target.Name
+	})
+	if out, err := cli("import", "-name", "copy.db", "-url", p.URL(), dst); err != nil || !strings.Contains(out, "imported") {
+		t.Fatalf("litefs import over TLS through a replica: %v\n%s", err, out)
+	}
+	want := target.Pos("copy.db")
+	for _, n := range c.Nodes {
+		waitUntil(t, 20*time.Second, n.Name+" to have the imported database", func() bool {
+			b, err := os.ReadFile(n.Path("copy.db-pos"))
+			return err == nil && strings.TrimSpace(string(b)) == want.String()
+		})
 	}
 
 	// Outsiders: plain HTTP, no client certificate, a certificate from
