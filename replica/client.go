@@ -40,6 +40,9 @@ func NewClient() *Client {
 			Proxy:                 http.ProxyFromEnvironment,
 			DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
 			TLSHandshakeTimeout:   5 * time.Second,
+			// An import asks "Expect: 100-continue": the file is sent only
+			// once the node agrees to take it (a replica refuses at once).
+			ExpectContinueTimeout: time.Second,
 			ResponseHeaderTimeout: 10 * time.Second,
 			MaxIdleConnsPerHost:   4,
 			IdleConnTimeout:       90 * time.Second,
