@@ -188,6 +188,19 @@ func TestConsul_CrashFailover(t *testing.T) {
 		t.Errorf("failover took %s, more than TTL + lock delay + 1s = %s", elected, limit)
 	}
 	c.WaitConverged(t, "db")
+	// What an operator sees in the metrics: the new primary says so, and
+	// the replica that stayed lost its stream and found the new primary.
+	wantMetric(t, scrape(t, np), np.Name, "litefs_is_primary", 1)
+	for _, n := range c.Nodes {
+		if n != p && n != np {
+			f := scrape(t, n)
+			wantMetric(t, f, n.Name, "litefs_is_primary", 0)
+			wantMetric(t, f, n.Name, "litefs_primary_connected", 1)
+			if v, _ := metricValue(f, "litefs_stream_reconnects_total"); v < 1 {
+				t.Errorf("%s: litefs_stream_reconnects_total = %v after its primary crashed", n.Name, v)
+			}
+		}
+	}
 
 	// The crashed node restarts as a replica.
 	p.Start()
