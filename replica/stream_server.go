@@ -116,7 +116,7 @@ func (s *Server) stream(ctx context.Context, st *streamWriter, req *streamReques
 		if !s.Store.IsPrimary() {
 			return ErrNotPrimary // stepped down: the replica finds the new primary
 		}
-		moved, err := s.sendRound(ctx, st, sent, logger)
+		_, err := s.sendRound(ctx, st, sent, logger)
 		if err != nil {
 			return err
 		}
@@ -129,9 +129,10 @@ func (s *Server) stream(ctx context.Context, st *streamWriter, req *streamReques
 			}
 		}
 		s.setSent(req, sent)
-		// The replica learns at once where the primary is: at the start,
-		// and after what was just sent.
-		if first || moved {
+		// The replica learns at once where the primary is; then with
+		// every heartbeat. (A heartbeat after every batch sent, tried,
+		// slowed a WAL handoff's catch-up from 25 to 39 ms p50.)
+		if first {
 			if err := s.heartbeat(st); err != nil {
 				return err
 			}
