@@ -37,9 +37,9 @@ type Client struct {
 func NewClient() *Client {
 	return &Client{
 		HTTP: &http.Client{Transport: &http.Transport{
-			Proxy:                 http.ProxyFromEnvironment,
-			DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
-			TLSHandshakeTimeout:   5 * time.Second,
+			Proxy:               http.ProxyFromEnvironment,
+			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
+			TLSHandshakeTimeout: 5 * time.Second,
 			// An import asks "Expect: 100-continue": the file is sent only
 			// once the node agrees to take it (a replica refuses at once).
 			ExpectContinueTimeout: time.Second,
