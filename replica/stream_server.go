@@ -116,7 +116,7 @@ func (s *Server) stream(ctx context.Context, st *streamWriter, req *streamReques
 		if !s.Store.IsPrimary() {
 			return ErrNotPrimary // stepped down: the replica finds the new primary
 		}
-		_, err := s.sendRound(ctx, st, sent, logger)
+		err := s.sendRound(ctx, st, sent, logger)
 		if err != nil {
 			return err
 		}
@@ -151,21 +151,19 @@ func (s *Server) stream(ctx context.Context, st *streamWriter, req *streamReques
 }
 
 // sendRound sends every database's changes since sent, which it keeps up
-// to date, and reports whether anything was sent.
-func (s *Server) sendRound(ctx context.Context, st *streamWriter, sent map[string]ltx.Pos, logger *slog.Logger) (bool, error) {
+// to date.
+func (s *Server) sendRound(ctx context.Context, st *streamWriter, sent map[string]ltx.Pos, logger *slog.Logger) error {
 	if t := s.Store.syncTracker(); t != nil {
 		return s.sendOrdered(ctx, st, t, sent, logger)
 	}
-	moved := false
 	for _, db := range s.Store.DBs() {
 		pos, err := s.sendDB(ctx, st, db, sent[db.Name()], logger)
 		if err != nil {
-			return moved, fmt.Errorf("send %q: %w", db.Name(), err)
+			return fmt.Errorf("send %q: %w", db.Name(), err)
 		}
-		moved = moved || pos != sent[db.Name()]
 		sent[db.Name()] = pos
 	}
-	return moved, nil
+	return nil
 }
 
 // sendOrdered is a round of the stream with lease.sync-replicas set: the
@@ -176,31 +174,27 @@ func (s *Server) sendRound(ctx context.Context, st *streamWriter, sent map[strin
 // (a replica whose history differs, or that the log no longer reaches)
 // go first and bring their database to the primary's position; files
 // published before every seq kept, or not through a commit (an import),
-// go right after their database's previous file. It reports whether
-// anything was sent; sent is kept up to date.
-func (s *Server) sendOrdered(ctx context.Context, st *streamWriter, t *syncTracker, sent map[string]ltx.Pos, logger *slog.Logger) (bool, error) {
+// go right after their database's previous file. sent is kept up to
+// date.
+func (s *Server) sendOrdered(ctx context.Context, st *streamWriter, t *syncTracker, sent map[string]ltx.Pos, logger *slog.Logger) error {
 	last := t.lastSeq()
 	type item struct {
 		seq  uint64
 		db   *DB
 		file ltx.FileInfo
 	}
-	var (
-		items []item
-		moved bool
-	)
+	var items []item
 	for _, db := range s.Store.DBs() {
 		name, from := db.Name(), sent[db.Name()]
 		plan, err := planSend(db, from, true)
 		if err != nil {
-			return moved, fmt.Errorf("send %q: %w", name, err)
+			return fmt.Errorf("send %q: %w", name, err)
 		}
 		if plan.snapshot {
 			pos, err := s.sendDB(ctx, st, db, from, logger)
 			if err != nil {
-				return moved, fmt.Errorf("send %q: %w", name, err)
+				return fmt.Errorf("send %q: %w", name, err)
 			}
-			moved = moved || pos != from
 			sent[name] = pos
 			continue
 		}
@@ -226,12 +220,11 @@ func (s *Server) sendOrdered(ctx context.Context, st *streamWriter, t *syncTrack
 			gone[it.db] = true
 			continue
 		} else if err != nil {
-			return moved, fmt.Errorf("send %q: %w", name, err)
+			return fmt.Errorf("send %q: %w", name, err)
 		}
-		moved = true
 		sent[name] = pos
 	}
-	return moved, nil
+	return nil
 }
 
 func (s *Server) heartbeat(st *streamWriter) error {

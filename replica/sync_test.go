@@ -310,7 +310,7 @@ func TestServer_SendOrdered(t *testing.T) {
 	}
 	var buf bytes.Buffer
 	srv := NewServer(s, "p")
-	if _, err := srv.sendOrdered(context.Background(), &streamWriter{w: &buf, flusher: nopFlusher{}}, s.syncTracker(), map[string]ltx.Pos{}, s.Logger); err != nil {
+	if err := srv.sendOrdered(context.Background(), &streamWriter{w: &buf, flusher: nopFlusher{}}, s.syncTracker(), map[string]ltx.Pos{}, s.Logger); err != nil {
 		t.Fatal(err)
 	}
 	var got []string
