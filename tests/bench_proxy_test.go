@@ -25,7 +25,7 @@ func BenchmarkProxy(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	c := startProxyClusterWith(b, "", bin)
+	c := startProxyClusterWith(b, "", bin, 1)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}, Timeout: 10 * time.Second}
 	// Rows to read.
 	for i := 0; i < 100; i++ {

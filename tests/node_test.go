@@ -294,6 +294,13 @@ func (n *Node) Stop() {
 	}
 }
 
+// PID returns the process id of the running litefs.
+func (n *Node) PID() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.cmd.Process.Pid
+}
+
 // Kill sends SIGKILL and waits. The mount is left stale, as after a crash.
 func (n *Node) Kill() {
 	if !n.running() {

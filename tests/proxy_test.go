@@ -3,9 +3,11 @@ package tests
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/cookiejar"
@@ -114,30 +116,41 @@ func (p *ProxyNode) waitHealth(t testing.TB, d time.Duration, status int) string
 	return body
 }
 
-// proxyCluster is a static-lease primary and one replica, each with its
+// proxyCluster is a static-lease primary and its replicas, each with its
 // proxy and web app; items is created on the primary and replicated.
+// Replica is the first replica.
 type proxyCluster struct {
-	Primary, Replica *ProxyNode
-	PrimaryApp       *exec.Cmd
-	ReplicaApp       *exec.Cmd
+	Primary     *ProxyNode
+	Replicas    []*ProxyNode
+	Replica     *ProxyNode
+	PrimaryApp  *exec.Cmd
+	ReplicaApps []*exec.Cmd
+	ReplicaApp  *exec.Cmd
 }
 
+// startProxyCluster starts a three-node cluster: the primary and two
+// replicas.
 func startProxyCluster(t testing.TB, more string) *proxyCluster {
-	return startProxyClusterWith(t, more, litefsBin)
+	return startProxyClusterWith(t, more, litefsBin, 2)
 }
 
-// startProxyClusterWith starts the cluster with the litefs binary bin.
-func startProxyClusterWith(t testing.TB, more, bin string) *proxyCluster {
+// startProxyClusterWith starts the primary and n replicas with the litefs
+// binary bin.
+func startProxyClusterWith(t testing.TB, more, bin string, n int) *proxyCluster {
 	t.Helper()
 	c := &proxyCluster{Primary: newProxyNode(t, NodeConfig{Name: "primary"}, more)}
 	c.Primary.Bin = bin
 	c.Primary.Start()
-	c.Replica = newProxyNode(t, NodeConfig{Name: "replica1", Replica: true, PrimaryURL: c.Primary.URL()}, more)
-	c.Replica.Bin = bin
-	c.Replica.Start()
+	for i := 1; i <= n; i++ {
+		r := newProxyNode(t, NodeConfig{Name: fmt.Sprintf("replica%d", i), Replica: true, PrimaryURL: c.Primary.URL()}, more)
+		r.Bin = bin
+		r.Start()
+		c.Replicas = append(c.Replicas, r)
+	}
+	c.Replica = c.Replicas[0]
 	t.Cleanup(func() {
 		if !t.Failed() {
-			for _, n := range []*Node{c.Primary.Node, c.Replica.Node} {
+			for _, n := range c.nodes() {
 				if n.running() {
 					n.CheckInvariants()
 				}
@@ -146,14 +159,28 @@ func startProxyClusterWith(t testing.TB, more, bin string) *proxyCluster {
 	})
 	mustSQLite3(t, c.Primary.Path("app.db"), "CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT)")
 	want := c.Primary.Pos("app.db").String()
-	waitUntil(t, 30*time.Second, "the replica to have the items table", func() bool {
-		b, err := os.ReadFile(c.Replica.Path("app.db-pos"))
-		return err == nil && strings.TrimSpace(string(b)) == want
-	})
+	for _, r := range c.Replicas {
+		waitUntil(t, 30*time.Second, r.Name+" to have the items table", func() bool {
+			b, err := os.ReadFile(r.Path("app.db-pos"))
+			return err == nil && strings.TrimSpace(string(b)) == want
+		})
+	}
 	c.PrimaryApp = c.Primary.StartApp(t)
-	c.ReplicaApp = c.Replica.StartApp(t)
-	c.Replica.waitHealth(t, 10*time.Second, http.StatusOK)
+	for _, r := range c.Replicas {
+		c.ReplicaApps = append(c.ReplicaApps, r.StartApp(t))
+		r.waitHealth(t, 10*time.Second, http.StatusOK)
+	}
+	c.ReplicaApp = c.ReplicaApps[0]
 	return c
+}
+
+// nodes returns every node of the cluster.
+func (c *proxyCluster) nodes() []*Node {
+	a := []*Node{c.Primary.Node}
+	for _, r := range c.Replicas {
+		a = append(a, r.Node)
+	}
+	return a
 }
 
 // call sends a request and returns the response with its body read.
@@ -194,76 +221,110 @@ func hasItem(list, v string) bool {
 
 var txidCookie = regexp.MustCompile(`^[0-9a-f]{16}$`)
 
+// TestProxy_StaticCluster: a primary and two replicas on the static lease,
+// each with its proxy in front of the web app. Every scenario runs through
+// each replica.
 func TestProxy_StaticCluster(t *testing.T) {
 	c := startProxyCluster(t, "  primary-redirect-timeout: 3s\n")
 	replicaURL := c.Replica.ProxyURL()
 	timeout := &http.Client{Timeout: 20 * time.Second}
 
 	t.Run("ForwardedWriteWithCookie", func(t *testing.T) {
-		jar, _ := cookiejar.New(nil)
-		client := &http.Client{Jar: jar, Timeout: 20 * time.Second}
-		resp, body := call(t, client, "POST", replicaURL+"/items", url.Values{"v": {"jar-1"}})
-		if resp.StatusCode != http.StatusCreated || resp.Header.Get("X-App-Node") != "primary" {
-			t.Fatalf("POST through the replica: %d from %q: %s", resp.StatusCode, resp.Header.Get("X-App-Node"), body)
-		}
-		var cookie *http.Cookie
-		for _, ck := range resp.Cookies() {
-			if ck.Name == "__txid" {
-				cookie = ck
+		for i, r := range c.Replicas {
+			other := c.Replicas[(i+1)%len(c.Replicas)]
+			jar, _ := cookiejar.New(nil)
+			client := &http.Client{Jar: jar, Timeout: 20 * time.Second}
+			v := "jar-" + r.Name
+			resp, body := call(t, client, "POST", r.ProxyURL()+"/items", url.Values{"v": {v}})
+			if resp.StatusCode != http.StatusCreated || resp.Header.Get("X-App-Node") != "primary" {
+				t.Fatalf("POST through %s: %d from %q: %s", r.Name, resp.StatusCode, resp.Header.Get("X-App-Node"), body)
 			}
-		}
-		if cookie == nil || !txidCookie.MatchString(cookie.Value) || resp.Header.Get("Litefs-Txid") != cookie.Value {
-			t.Fatalf("__txid cookie %v, Litefs-Txid %q", cookie, resp.Header.Get("Litefs-Txid"))
-		}
-		if txid, _ := strconv.ParseUint(cookie.Value, 16, 64); txid != uint64(c.Primary.Pos("app.db").TXID) {
-			t.Errorf("cookie names txid %d, the primary is at %s", txid, c.Primary.Pos("app.db"))
-		}
-		// The write ran on the primary's database...
-		if got := dump(t, c.Primary.Node, "app.db", "SELECT v FROM items WHERE v = 'jar-1'"); got != "jar-1" {
-			t.Fatalf("the primary does not have the row: %q", got)
-		}
-		// ...and reads back through the same replica, served there.
-		resp, body = call(t, client, "GET", replicaURL+"/items", nil)
-		if resp.StatusCode != http.StatusOK || resp.Header.Get("X-App-Node") != "replica1" || !hasItem(body, "jar-1") {
-			t.Fatalf("GET through the replica: %d from %q: %q", resp.StatusCode, resp.Header.Get("X-App-Node"), body)
+			var cookie *http.Cookie
+			for _, ck := range resp.Cookies() {
+				if ck.Name == "__txid" {
+					cookie = ck
+				}
+			}
+			if cookie == nil || !txidCookie.MatchString(cookie.Value) || resp.Header.Get("Litefs-Txid") != cookie.Value {
+				t.Fatalf("__txid cookie %v, Litefs-Txid %q", cookie, resp.Header.Get("Litefs-Txid"))
+			}
+			if txid, _ := strconv.ParseUint(cookie.Value, 16, 64); txid != uint64(c.Primary.Pos("app.db").TXID) {
+				t.Errorf("cookie names txid %d, the primary is at %s", txid, c.Primary.Pos("app.db"))
+			}
+			// The write ran on the primary's database...
+			if got := dump(t, c.Primary.Node, "app.db", "SELECT v FROM items WHERE v = '"+v+"'"); got != v {
+				t.Fatalf("the primary does not have the row: %q", got)
+			}
+			// ...reads back through the same replica, served there, and
+			// through the other replica, whose proxy waits for the
+			// cookie's position.
+			for _, rr := range []*ProxyNode{r, other} {
+				resp, body = call(t, client, "GET", rr.ProxyURL()+"/items", nil)
+				if resp.StatusCode != http.StatusOK || resp.Header.Get("X-App-Node") != rr.Name || !hasItem(body, v) {
+					t.Fatalf("GET through %s after a write through %s: %d from %q: %q", rr.Name, r.Name, resp.StatusCode, resp.Header.Get("X-App-Node"), body)
+				}
+			}
 		}
 	})
 
 	t.Run("ReadYourWritesWithoutCookie", func(t *testing.T) {
 		// No cookie jar: the forwarded write answers only once the
 		// replica has it, so the next read there sees it.
-		for i := 0; i < 20; i++ {
-			v := fmt.Sprintf("nojar-%d", i)
-			resp, body := call(t, timeout, "POST", replicaURL+"/items", url.Values{"v": {v}})
-			if resp.StatusCode != http.StatusCreated {
-				t.Fatalf("POST %s: %d %s", v, resp.StatusCode, body)
-			}
-			resp, body = call(t, timeout, "GET", replicaURL+"/items", nil)
-			if resp.Header.Get("X-App-Node") != "replica1" || !hasItem(body, v) {
-				t.Fatalf("read after write %s from %q does not see it: %q", v, resp.Header.Get("X-App-Node"), body)
+		for _, r := range c.Replicas {
+			for i := 0; i < 10; i++ {
+				v := fmt.Sprintf("nojar-%s-%d", r.Name, i)
+				resp, body := call(t, timeout, "POST", r.ProxyURL()+"/items", url.Values{"v": {v}})
+				if resp.StatusCode != http.StatusCreated || resp.Header.Get("X-App-Node") != "primary" {
+					t.Fatalf("POST %s through %s: %d from %q: %s", v, r.Name, resp.StatusCode, resp.Header.Get("X-App-Node"), body)
+				}
+				resp, body = call(t, timeout, "GET", r.ProxyURL()+"/items", nil)
+				if resp.Header.Get("X-App-Node") != r.Name || !hasItem(body, v) {
+					t.Fatalf("read after write %s through %s from %q does not see it: %q", v, r.Name, resp.Header.Get("X-App-Node"), body)
+				}
 			}
 		}
 	})
 
 	t.Run("Curl", func(t *testing.T) {
-		out, err := exec.Command("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "20",
-			"-X", "POST", "-d", "v=curl-1", replicaURL+"/items").CombinedOutput()
-		if err != nil || string(out) != "201" {
-			t.Fatalf("curl POST: %v: %s", err, out)
+		// curl is a separate process; the app names the node that served
+		// each request in X-App-Node.
+		curl := func(args ...string) (node, body string) {
+			t.Helper()
+			hdr := t.TempDir() + "/headers"
+			out, err := exec.Command("curl", append([]string{"-sS", "--fail-with-body", "--max-time", "20", "-D", hdr}, args...)...).CombinedOutput()
+			if err != nil {
+				t.Fatalf("curl %v: %v: %s", args, err, out)
+			}
+			h, _ := os.ReadFile(hdr)
+			for _, l := range strings.Split(string(h), "\r\n") {
+				if k, v, ok := strings.Cut(l, ": "); ok && strings.EqualFold(k, "X-App-Node") {
+					node = v
+				}
+			}
+			return node, string(out)
 		}
-		out, err = exec.Command("curl", "-sS", "--max-time", "20", replicaURL+"/items").CombinedOutput()
-		if err != nil || !hasItem(string(out), "curl-1") {
-			t.Fatalf("curl GET: %v: %s", err, out)
-		}
-		// curl with a cookie file carries __txid between its runs.
-		jar := t.TempDir() + "/cookies"
-		out, err = exec.Command("curl", "-sS", "-c", jar, "--max-time", "20", "-X", "POST", "-d", "v=curl-2", replicaURL+"/items").CombinedOutput()
-		if err != nil {
-			t.Fatalf("curl POST: %v: %s", err, out)
-		}
-		out, err = exec.Command("curl", "-sS", "-b", jar, "--max-time", "20", replicaURL+"/items").CombinedOutput()
-		if err != nil || !hasItem(string(out), "curl-2") {
-			t.Fatalf("curl GET with the cookie: %v: %s", err, out)
+		for _, r := range c.Replicas {
+			// Without a cookie: the forwarded write's answer waited for
+			// this replica.
+			v := "curl-" + r.Name
+			if node, out := curl("-X", "POST", "-d", "v="+v, r.ProxyURL()+"/items"); node != "primary" {
+				t.Fatalf("curl POST through %s ran on %q: %s", r.Name, node, out)
+			}
+			if node, out := curl(r.ProxyURL() + "/items"); node != r.Name || !hasItem(out, v) {
+				t.Fatalf("curl GET through %s from %q: %s", r.Name, node, out)
+			}
+			// With a cookie file, curl carries __txid between its runs.
+			jar := t.TempDir() + "/cookies"
+			v = "curl-jar-" + r.Name
+			if node, out := curl("-c", jar, "-X", "POST", "-d", "v="+v, r.ProxyURL()+"/items"); node != "primary" {
+				t.Fatalf("curl POST through %s ran on %q: %s", r.Name, node, out)
+			}
+			if b, err := os.ReadFile(jar); err != nil || !strings.Contains(string(b), "__txid") {
+				t.Fatalf("curl's cookie file: %q %v", b, err)
+			}
+			if node, out := curl("-b", jar, r.ProxyURL()+"/items"); node != r.Name || !hasItem(out, v) {
+				t.Fatalf("curl GET with the cookie through %s from %q: %s", r.Name, node, out)
+			}
 		}
 	})
 
@@ -283,51 +344,87 @@ func TestProxy_StaticCluster(t *testing.T) {
 	})
 
 	t.Run("ServerSentEvents", func(t *testing.T) {
-		for path, node := range map[string]string{"/events": "replica1", "/forwarded/events": "primary"} {
-			start := time.Now()
-			resp, err := timeout.Get(replicaURL + path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			r := bufio.NewReader(resp.Body)
-			line, err := r.ReadString('\n')
-			first := time.Since(start)
-			if err != nil || line != "data: 1 "+node+"\n" {
-				t.Errorf("%s: first event %q, %v", path, line, err)
-			}
-			// The app sends the next events 200 and 400 ms later: the
-			// first must arrive before them, not buffered to the end.
-			if first > 150*time.Millisecond {
-				t.Errorf("%s: the first event took %s: buffered", path, first)
-			}
-			rest, _ := io.ReadAll(r)
-			resp.Body.Close()
-			if !strings.Contains(string(rest), "data: 3 "+node) {
-				t.Errorf("%s: rest of the stream %q", path, rest)
+		for _, r := range c.Replicas {
+			for path, node := range map[string]string{"/events": r.Name, "/forwarded/events": "primary"} {
+				start := time.Now()
+				resp, err := timeout.Get(r.ProxyURL() + path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				br := bufio.NewReader(resp.Body)
+				line, err := br.ReadString('\n')
+				first := time.Since(start)
+				if err != nil || line != "data: 1 "+node+"\n" {
+					t.Errorf("%s%s: first event %q, %v", r.Name, path, line, err)
+				}
+				// The app sends the next events 200 and 400 ms later: the
+				// first must arrive before them, not buffered to the end.
+				if first > 150*time.Millisecond {
+					t.Errorf("%s%s: the first event took %s: buffered", r.Name, path, first)
+				}
+				rest, _ := io.ReadAll(br)
+				resp.Body.Close()
+				if !strings.Contains(string(rest), "data: 3 "+node) {
+					t.Errorf("%s%s: rest of the stream %q", r.Name, path, rest)
+				}
 			}
 		}
 	})
 
 	t.Run("WebSocket", func(t *testing.T) {
-		for path, node := range map[string]string{"/ws": "replica1", "/forwarded/ws": "primary"} {
-			if got := wsRoundTrip(t, c.Replica.ProxyAddr, path, "hello"); got != node+": hello" {
-				t.Errorf("%s: echo %q, want from %s", path, got, node)
+		for _, r := range c.Replicas {
+			for path, node := range map[string]string{"/ws": r.Name, "/forwarded/ws": "primary"} {
+				if got := wsRoundTrip(t, r.ProxyAddr, path, "hello"); got != node+": hello" {
+					t.Errorf("%s%s: echo %q, want from %s", r.Name, path, got, node)
+				}
 			}
 		}
 	})
 
-	t.Run("StreamedUpload", func(t *testing.T) {
-		const size = 64 << 20
-		req, _ := http.NewRequest("POST", replicaURL+"/upload", io.LimitReader(zeros{}, size))
-		req.ContentLength = -1 // chunked: nothing knows the size in advance
-		resp, err := timeout.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || strings.TrimSpace(string(b)) != strconv.Itoa(size) || resp.Header.Get("X-App-Node") != "primary" {
-			t.Fatalf("upload through the replica: %d from %q: %s", resp.StatusCode, resp.Header.Get("X-App-Node"), b)
+	t.Run("LargeUpload", func(t *testing.T) {
+		// 100 MB through a replica's proxy to the primary's proxy and
+		// app: the body streams through both proxies, whose peak memory
+		// grows by far less than the body.
+		for _, chunked := range []bool{false, true} {
+			if chunked && testing.Short() {
+				continue
+			}
+			t.Run(fmt.Sprintf("chunked=%t", chunked), func(t *testing.T) {
+				const size = 100 << 20
+				procs := []*ProxyNode{c.Replica, c.Primary}
+				before := make([]int64, len(procs))
+				for i, n := range procs {
+					before[i] = resetPeakRSS(t, n.PID())
+				}
+				h := sha256.New()
+				src := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{1}), size), h)
+				req, _ := http.NewRequest("POST", replicaURL+"/upload", src)
+				req.ContentLength = size
+				if chunked {
+					req.ContentLength = -1 // nothing knows the size in advance
+				}
+				resp, err := timeout.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
+				body := string(b)
+				want := fmt.Sprintf("%d %x", size, h.Sum(nil))
+				if resp.StatusCode != http.StatusOK || strings.TrimSpace(body) != want || resp.Header.Get("X-App-Node") != "primary" {
+					t.Fatalf("upload through the replica: %d from %q: %q, want %q", resp.StatusCode, resp.Header.Get("X-App-Node"), body, want)
+				}
+				for i, n := range procs {
+					peak := peakRSS(t, n.PID())
+					t.Logf("%s's litefs: peak RSS %d MiB -> %d MiB during the upload", n.Name, before[i]>>20, peak>>20)
+					if grew := peak - before[i]; grew >= 32<<20 {
+						t.Errorf("%s's litefs grew by %d MiB during a %d MiB upload: the body was buffered", n.Name, grew>>20, size>>20)
+					}
+				}
+			})
 		}
 	})
 
@@ -361,32 +458,34 @@ func TestProxy_StaticCluster(t *testing.T) {
 
 	t.Run("PrimaryKilled", func(t *testing.T) {
 		c.Primary.Kill()
-		body := c.Replica.waitHealth(t, 10*time.Second, http.StatusServiceUnavailable)
-		if !strings.Contains(body, "not connected to the primary") {
-			t.Errorf("health body %q", body)
-		}
-		// Reads go on from the replica's data.
-		if resp, body := call(t, timeout, "GET", replicaURL+"/items", nil); resp.StatusCode != http.StatusOK || !hasItem(body, "jar-1") {
-			t.Errorf("read with the primary down: %d %q", resp.StatusCode, body)
-		}
-		for i := 0; i < 5; i++ {
-			start := time.Now()
-			resp, body := call(t, timeout, "POST", replicaURL+"/items", url.Values{"v": {"lost"}})
-			took := time.Since(start)
-			if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || took >= time.Second {
-				t.Errorf("write with the primary down: %d (Retry-After %q) in %s: %s", resp.StatusCode, resp.Header.Get("Retry-After"), took, body)
+		for _, r := range c.Replicas {
+			body := r.waitHealth(t, 10*time.Second, http.StatusServiceUnavailable)
+			if !strings.Contains(body, "not connected to the primary") {
+				t.Errorf("%s: health body %q", r.Name, body)
 			}
-			if !strings.Contains(body, "primary") || !strings.Contains(body, "refused") {
-				t.Errorf("refusal body does not say who was tried and why: %q", body)
+			// Reads go on from the replica's data.
+			if resp, body := call(t, timeout, "GET", r.ProxyURL()+"/items", nil); resp.StatusCode != http.StatusOK || resp.Header.Get("X-App-Node") != r.Name || !hasItem(body, "jar-"+r.Name) {
+				t.Errorf("%s: read with the primary down: %d %q", r.Name, resp.StatusCode, body)
 			}
-		}
-		// No write ever reached the replica's app.
-		_, stats := call(t, timeout, "GET", "http://"+c.Replica.AppAddr+"/stats", nil)
-		if strings.TrimSpace(stats) != "writes=0" {
-			t.Errorf("the replica's app received writes: %s", stats)
-		}
-		if !strings.Contains(c.Replica.Logs(), "proxy: request refused") {
-			t.Errorf("refusals not logged")
+			for i := 0; i < 5; i++ {
+				start := time.Now()
+				resp, body := call(t, timeout, "POST", r.ProxyURL()+"/items", url.Values{"v": {"lost"}})
+				took := time.Since(start)
+				if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || took >= time.Second {
+					t.Errorf("%s: write with the primary down: %d (Retry-After %q) in %s: %s", r.Name, resp.StatusCode, resp.Header.Get("Retry-After"), took, body)
+				}
+				if !strings.Contains(body, "primary") || !strings.Contains(body, "refused") {
+					t.Errorf("%s: refusal body does not say who was tried and why: %q", r.Name, body)
+				}
+			}
+			// No write ever reached a replica's app.
+			_, stats := call(t, timeout, "GET", "http://"+r.AppAddr+"/stats", nil)
+			if strings.TrimSpace(stats) != "writes=0" {
+				t.Errorf("%s's app received writes: %s", r.Name, stats)
+			}
+			if !strings.Contains(r.Logs(), "proxy: request refused") {
+				t.Errorf("%s: refusals not logged", r.Name)
+			}
 		}
 		// The metrics count the requests by route and outcome: the
 		// forwarded writes that succeeded earlier and these refusals.
@@ -417,45 +516,80 @@ func TestProxy_StaticCluster(t *testing.T) {
 	})
 }
 
-// TestProxy_Health: the proxy listens before the replica has a primary,
-// answers 503 until it is connected and synced, 200 then, and 503 again
-// when the primary is gone.
+// TestProxy_Health: on a primary and two replicas, each replica's proxy
+// listens before it has a primary, answers 503 until it is connected and
+// synced, 200 then, and 503 again when the primary is gone.
 func TestProxy_Health(t *testing.T) {
 	primary := newProxyNode(t, NodeConfig{Name: "primary"}, "")
-	replica := newProxyNode(t, NodeConfig{Name: "replica1", Replica: true, PrimaryURL: primary.URL()}, "  max-lag: 2s\n")
-	replica.Start() // its primary is not running yet
-	status, body := replica.Health(t)
-	if status != http.StatusServiceUnavailable || !strings.Contains(body, "not connected to the primary") {
-		t.Fatalf("replica without its primary: %d %q", status, body)
+	var replicas []*ProxyNode
+	for i := 1; i <= 2; i++ {
+		r := newProxyNode(t, NodeConfig{Name: fmt.Sprintf("replica%d", i), Replica: true, PrimaryURL: primary.URL()}, "  max-lag: 2s\n")
+		r.Start() // its primary is not running yet
+		replicas = append(replicas, r)
+	}
+	for _, r := range replicas {
+		status, body := r.Health(t)
+		if status != http.StatusServiceUnavailable || !strings.Contains(body, "not connected to the primary") {
+			t.Fatalf("%s without its primary: %d %q", r.Name, status, body)
+		}
 	}
 	primary.Start()
 	if status, body := primary.Health(t); status != http.StatusOK {
 		t.Fatalf("primary: %d %q", status, body)
 	}
 	mustSQLite3(t, primary.Path("app.db"), "CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO items (v) VALUES ('a')")
-	replica.waitHealth(t, 15*time.Second, http.StatusOK)
-	if got := replica.Pos("app.db"); got != primary.Pos("app.db") {
-		t.Errorf("healthy at %s, the primary is at %s", got, primary.Pos("app.db"))
+	want := primary.Pos("app.db")
+	for _, r := range replicas {
+		r.waitHealth(t, 15*time.Second, http.StatusOK)
+		// Healthy means synced: it has everything the primary had.
+		if got := r.Pos("app.db"); got != want {
+			t.Errorf("%s healthy at %s, the primary is at %s", r.Name, got, want)
+		}
 	}
 	primary.Stop()
-	body = replica.waitHealth(t, 10*time.Second, http.StatusServiceUnavailable)
-	if !strings.Contains(body, "not connected") {
-		t.Errorf("health without the primary: %q", body)
+	for _, r := range replicas {
+		body := r.waitHealth(t, 10*time.Second, http.StatusServiceUnavailable)
+		if !strings.Contains(body, "not connected") {
+			t.Errorf("%s: health without the primary: %q", r.Name, body)
+		}
+		// /info (and litefs status) carry the same state.
+		info, err := getAPIInfo(r.Node)
+		if err != nil || info.Proxy == nil || info.Proxy.Healthy || !strings.Contains(info.Proxy.Reason, "not connected") || info.Proxy.URL == "" {
+			t.Errorf("%s: /info's proxy: %+v %v", r.Name, info.Proxy, err)
+		}
+		r.CheckInvariants()
 	}
-	// /info (and litefs status) carry the same state.
-	info, err := getAPIInfo(replica.Node)
-	if err != nil || info.Proxy == nil || info.Proxy.Healthy || !strings.Contains(info.Proxy.Reason, "not connected") || info.Proxy.URL == "" {
-		t.Errorf("/info's proxy: %+v %v", info.Proxy, err)
-	}
-	replica.CheckInvariants()
 }
 
-// zeros reads as an endless run of zero bytes.
-type zeros struct{}
+// resetPeakRSS resets the peak resident set size (VmHWM) of process pid
+// to its current one, and returns that.
+func resetPeakRSS(t testing.TB, pid int) int64 {
+	t.Helper()
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0); err != nil {
+		t.Fatalf("reset the peak RSS of %d: %v", pid, err)
+	}
+	return peakRSS(t, pid)
+}
 
-func (zeros) Read(p []byte) (int, error) {
-	clear(p)
-	return len(p), nil
+// peakRSS returns the peak resident set size (VmHWM) of process pid, in
+// bytes.
+func peakRSS(t testing.TB, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				t.Fatalf("VmHWM %q: %v", v, err)
+			}
+			return kb << 10
+		}
+	}
+	t.Fatalf("no VmHWM in /proc/%d/status", pid)
+	return 0
 }
 
 // wsRoundTrip opens a WebSocket at addr+path, sends msg and returns the

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha1"
+	"crypto/sha256"
 	"database/sql"
 	"encoding/base64"
 	"encoding/binary"
@@ -31,7 +32,8 @@ import (
 //	GET  /headers           echoes Host and the X-Forwarded headers
 //	GET  /events            a server-sent event stream: 3 events, 200ms apart
 //	GET  /ws                a WebSocket that echoes one text message
-//	POST /upload            counts the body's bytes as they stream in
+//	POST /upload            counts and hashes the body as it streams in:
+//	                        "<bytes> <sha256 hex>"
 //	GET  /stats             how many writes (POSTs) reached this app
 //
 // Paths under /forwarded/ are the same handlers; the proxy tests list
@@ -120,12 +122,13 @@ func webApp(db *sql.DB, args helperArgs, out io.Writer) int {
 	handle("GET /ws", func(w http.ResponseWriter, r *http.Request) { wsEcho(w, r, args.Name) })
 	handle("POST /upload", func(w http.ResponseWriter, r *http.Request) {
 		writes.Add(1)
-		n, err := io.Copy(io.Discard, r.Body)
+		h := sha256.New()
+		n, err := io.Copy(h, r.Body)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		fmt.Fprintln(w, n)
+		fmt.Fprintf(w, "%d %x\n", n, h.Sum(nil))
 	})
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "writes=%d\n", writes.Load())
