@@ -32,6 +32,29 @@ const (
 	DefaultIdleTimeout            = 30 * time.Second
 )
 
+// ForwardMode is how a replica gets a request that needs the primary
+// (a write) to it.
+type ForwardMode string
+
+const (
+	// ForwardProxy: the replica's proxy forwards it to the primary's
+	// proxy itself (the default; works on any network).
+	ForwardProxy ForwardMode = "proxy"
+	// ForwardFlyReplay: the replica answers with a fly-replay header
+	// naming the primary's hostname, for Fly.io's edge proxy to replay
+	// the request there (LiteFS's behaviour; only behind Fly.io).
+	ForwardFlyReplay ForwardMode = "fly-replay"
+)
+
+// ParseForwardMode returns the mode named s.
+func ParseForwardMode(s string) (ForwardMode, error) {
+	switch m := ForwardMode(s); m {
+	case ForwardProxy, ForwardFlyReplay:
+		return m, nil
+	}
+	return "", fmt.Errorf("must be %q or %q, got %q", ForwardProxy, ForwardFlyReplay, s)
+}
+
 // Names the proxy puts on the wire.
 const (
 	// CookieName carries the position after a client's last write: the
@@ -48,6 +71,9 @@ const (
 	HeaderError = "Litefs-Error"
 	// HealthPath answers whether the node may serve.
 	HealthPath = "/litefs/health"
+	// HeaderFlyReplay asks Fly.io's edge proxy to replay the request on
+	// another instance (ForwardFlyReplay): "instance=<primary hostname>".
+	HeaderFlyReplay = "Fly-Replay"
 )
 
 // maxHops bounds how many proxies may forward one request: a replica to
@@ -85,6 +111,9 @@ type Server struct {
 	WaitTimeout time.Duration
 	// CookieExpiry is the lifetime of the position cookie.
 	CookieExpiry time.Duration
+	// ForwardMode is how a replica sends a write to the primary; empty
+	// means ForwardProxy.
+	ForwardMode ForwardMode
 	// Passthrough and AlwaysForward are path patterns ("*" matches any
 	// run of characters, "/" included): the first go straight to the
 	// local app, the second are GETs treated as writes.
@@ -237,6 +266,9 @@ func (w *statusRecorder) outcome() string {
 	if code := w.Header().Get(HeaderError); code != "" {
 		return code
 	}
+	if w.Header().Get(HeaderFlyReplay) != "" {
+		return "fly-replay"
+	}
 	switch {
 	case w.status == 0:
 		return "none" // the client went away first
@@ -325,6 +357,9 @@ func (s *Server) serveOnPrimary(w http.ResponseWriter, r *http.Request, why stri
 			s.Logger.Info("proxy: the local app could not take a write as this node stops being the primary; holding it for the next primary",
 				slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.Any(replica.LogKeyError, err))
 			held = err
+		case st.Connected && s.ForwardMode == ForwardFlyReplay:
+			s.replay(w, r, st, why)
+			return
 		case len(hops) >= maxHops:
 			s.refuse(w, r, refusal{http.StatusServiceUnavailable, "too-many-hops", describe(st),
 				fmt.Sprintf("the request was forwarded by %s and this node is not the primary either", strings.Join(hops, ", "))}, why)
@@ -384,6 +419,25 @@ func (s *Server) serveOnPrimary(w http.ResponseWriter, r *http.Request, why stri
 		}
 		timer.Stop()
 	}
+}
+
+// replay answers a request that needs the primary with a fly-replay
+// header naming it, for Fly.io's edge proxy to send it there. Without
+// that proxy in front, the client sees 421 Misdirected Request: the
+// request was not served.
+func (s *Server) replay(w http.ResponseWriter, r *http.Request, st replica.PrimaryStatus, why string) {
+	s.debug(r, "answered with fly-replay", slog.String("primary", st.Hostname))
+	h := w.Header()
+	h.Set(HeaderFlyReplay, "instance="+st.Hostname)
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusMisdirectedRequest)
+	what := "write"
+	if why != "" {
+		what = "read (" + why + ")"
+	}
+	fmt.Fprintf(w, "litefs proxy on %s: %s %s %s is for the primary %s: replay it there (%s: instance=%s)\n",
+		s.nodeName(), what, r.Method, r.URL.Path, st.Hostname, HeaderFlyReplay, st.Hostname)
 }
 
 // describe names the primary a node knows of, for refusals.

@@ -225,7 +225,7 @@ var txidCookie = regexp.MustCompile(`^[0-9a-f]{16}$`)
 // each with its proxy in front of the web app. Every scenario runs through
 // each replica.
 func TestProxy_StaticCluster(t *testing.T) {
-	c := startProxyCluster(t, "  primary-redirect-timeout: 3s\n")
+	c := startProxyCluster(t, "  primary-redirect-timeout: 3s\n  read-your-writes-timeout: 1s\n")
 	replicaURL := c.Replica.ProxyURL()
 	timeout := &http.Client{Timeout: 20 * time.Second}
 
@@ -456,6 +456,30 @@ func TestProxy_StaticCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("CookieAheadOfReplica", func(t *testing.T) {
+		// A position this replica cannot reach: the read waits
+		// read-your-writes-timeout (1s here) for it, then the primary
+		// serves it (and clears the cookie, which names a position it
+		// never had).
+		req, _ := http.NewRequest("GET", replicaURL+"/items", nil)
+		req.AddCookie(&http.Cookie{Name: "__txid", Value: "0000000000f00000"})
+		start := time.Now()
+		resp, err := timeout.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		took := time.Since(start)
+		t.Logf("served by %s after %s", resp.Header.Get("X-App-Node"), took)
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("X-App-Node") != "primary" || took < time.Second {
+			t.Errorf("read with a cookie ahead of the replica: %d from %q after %s, want the primary's answer after at least read-your-writes-timeout (1s)",
+				resp.StatusCode, resp.Header.Get("X-App-Node"), took)
+		}
+		if sc := resp.Header.Get("Set-Cookie"); !strings.Contains(sc, "__txid=;") {
+			t.Errorf("the cookie was not cleared: Set-Cookie %q", sc)
+		}
+	})
+
 	t.Run("PrimaryKilled", func(t *testing.T) {
 		c.Primary.Kill()
 		for _, r := range c.Replicas {
@@ -514,6 +538,56 @@ func TestProxy_StaticCluster(t *testing.T) {
 			t.Errorf("app down: %d %q", resp.StatusCode, body)
 		}
 	})
+}
+
+// TestProxy_FlyReplay: with proxy.forward: fly-replay a replica answers a
+// write with a fly-replay header naming the primary, for Fly.io's edge to
+// replay it there, and sends nothing on itself.
+func TestProxy_FlyReplay(t *testing.T) {
+	c := startProxyClusterWith(t, "  forward: fly-replay\n", litefsBin, 1)
+	client := &http.Client{Timeout: 20 * time.Second}
+	resp, body := call(t, client, "POST", c.Replica.ProxyURL()+"/items", url.Values{"v": {"replayed"}})
+	if resp.StatusCode != http.StatusMisdirectedRequest || resp.Header.Get("Fly-Replay") != "instance=primary" || !strings.Contains(body, "primary") {
+		t.Fatalf("write through the replica: %d, Fly-Replay %q: %q", resp.StatusCode, resp.Header.Get("Fly-Replay"), body)
+	}
+	// curl, a separate process, sees the same header.
+	out, err := exec.Command("curl", "-sS", "-i", "--max-time", "20", "-X", "POST", "-d", "v=replayed", c.Replica.ProxyURL()+"/items").CombinedOutput()
+	if err != nil || !regexp.MustCompile(`(?i)\r\nfly-replay: instance=primary\r\n`).Match(out) {
+		t.Fatalf("curl: %v: %s", err, out)
+	}
+	// Nothing ran anywhere.
+	for _, n := range []*ProxyNode{c.Primary, c.Replica} {
+		if _, stats := call(t, client, "GET", "http://"+n.AppAddr+"/stats", nil); strings.TrimSpace(stats) != "writes=0" {
+			t.Errorf("%s's app received writes: %s", n.Name, stats)
+		}
+	}
+	// Replayed by the edge to the instance named, the write runs there
+	// and carries the position; reads stay local.
+	req, _ := http.NewRequest("POST", c.Primary.ProxyURL()+"/items", strings.NewReader("v=replayed"))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Fly-Replay-Src", "instance=replica1;state=")
+	resp, err = client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated || resp.Header.Get("X-App-Node") != "primary" || resp.Header.Get("Litefs-Txid") == "" {
+		t.Fatalf("the replayed write on the primary: %d from %q, Litefs-Txid %q", resp.StatusCode, resp.Header.Get("X-App-Node"), resp.Header.Get("Litefs-Txid"))
+	}
+	req, _ = http.NewRequest("GET", c.Replica.ProxyURL()+"/items", nil)
+	req.AddCookie(&http.Cookie{Name: "__txid", Value: resp.Header.Get("Litefs-Txid")})
+	resp, err = client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("X-App-Node") != "replica1" || !hasItem(string(b), "replayed") {
+		t.Fatalf("read through the replica with the cookie: %d from %q: %q", resp.StatusCode, resp.Header.Get("X-App-Node"), b)
+	}
+	if v, _ := metricValue(scrape(t, c.Replica.Node), "litefs_proxy_requests_total", "route", "write", "outcome", "fly-replay"); v != 2 {
+		t.Errorf("fly-replay answers counted: %v, want 2", v)
+	}
 }
 
 // TestProxy_Health: on a primary and two replicas, each replica's proxy

@@ -50,10 +50,19 @@ type ProxyConfig struct {
 	Passthrough            []string      `yaml:"passthrough"`
 	AlwaysForward          []string      `yaml:"always-forward"`
 	PrimaryRedirectTimeout time.Duration `yaml:"primary-redirect-timeout"`
-	ReadTimeout            time.Duration `yaml:"read-timeout"`
-	ReadHeaderTimeout      time.Duration `yaml:"read-header-timeout"`
-	WriteTimeout           time.Duration `yaml:"write-timeout"`
-	IdleTimeout            time.Duration `yaml:"idle-timeout"`
+	// ReadYourWritesTimeout bounds how long a read carrying a position
+	// waits for this node to reach it, and a forwarded write for this
+	// node to reach the position the primary returned (LiteFS has no key
+	// for it; its wait is a fixed 5s). Zero: no wait.
+	ReadYourWritesTimeout time.Duration `yaml:"read-your-writes-timeout"`
+	// Forward is how a replica sends writes to the primary: "proxy"
+	// (forwarded by this proxy) or "fly-replay" (a fly-replay header for
+	// Fly.io's edge, as LiteFS does).
+	Forward           string        `yaml:"forward"`
+	ReadTimeout       time.Duration `yaml:"read-timeout"`
+	ReadHeaderTimeout time.Duration `yaml:"read-header-timeout"`
+	WriteTimeout      time.Duration `yaml:"write-timeout"`
+	IdleTimeout       time.Duration `yaml:"idle-timeout"`
 }
 
 // Enabled reports whether the config asks for a proxy.
@@ -197,6 +206,7 @@ func NewConfig() Config {
 			Consul: ConsulConfig{Key: lease.DefaultConsulKey, TTL: lease.DefaultConsulTTL, LockDelay: lease.DefaultConsulLockDelay}},
 		Log: LogConfig{Format: "text"},
 		Proxy: ProxyConfig{MaxLag: proxy.DefaultMaxLag, PrimaryRedirectTimeout: proxy.DefaultPrimaryRedirectTimeout,
+			ReadYourWritesTimeout: proxy.DefaultWaitTimeout, Forward: string(proxy.ForwardProxy),
 			ReadHeaderTimeout: proxy.DefaultReadHeaderTimeout, IdleTimeout: proxy.DefaultIdleTimeout},
 	}
 }
@@ -326,11 +336,15 @@ func (p *ProxyConfig) validate() error {
 	for _, d := range []struct {
 		key string
 		v   time.Duration
-	}{{"max-lag", p.MaxLag}, {"primary-redirect-timeout", p.PrimaryRedirectTimeout}, {"read-timeout", p.ReadTimeout},
+	}{{"max-lag", p.MaxLag}, {"primary-redirect-timeout", p.PrimaryRedirectTimeout},
+		{"read-your-writes-timeout", p.ReadYourWritesTimeout}, {"read-timeout", p.ReadTimeout},
 		{"read-header-timeout", p.ReadHeaderTimeout}, {"write-timeout", p.WriteTimeout}, {"idle-timeout", p.IdleTimeout}} {
 		if d.v < 0 {
 			return fmt.Errorf("proxy.%s: must not be negative, got %s", d.key, d.v)
 		}
+	}
+	if _, err := proxy.ParseForwardMode(p.Forward); err != nil {
+		return fmt.Errorf("proxy.forward: %w", err)
 	}
 	for i, pat := range p.Passthrough {
 		if err := proxy.ValidatePattern(pat); err != nil {

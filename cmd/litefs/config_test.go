@@ -104,7 +104,8 @@ func TestParseConfig_Proxy(t *testing.T) {
 		}
 		p := c.Proxy
 		if !p.Enabled() || len(p.DB) != 1 || p.DB[0] != "app.db" || p.MaxLag != 10*time.Second || p.PrimaryRedirectTimeout != 5*time.Second ||
-			p.ReadHeaderTimeout != 10*time.Second || p.IdleTimeout != 30*time.Second || p.ReadTimeout != 0 || p.WriteTimeout != 0 {
+			p.ReadHeaderTimeout != 10*time.Second || p.IdleTimeout != 30*time.Second || p.ReadTimeout != 0 || p.WriteTimeout != 0 ||
+			p.ReadYourWritesTimeout != 5*time.Second || p.Forward != "proxy" {
 			t.Fatalf("proxy %+v", p)
 		}
 		if got := c.proxyAdvertiseURL(); got != "http://node1:8080" {
@@ -126,6 +127,8 @@ func TestParseConfig_Proxy(t *testing.T) {
   read-header-timeout: 2s
   write-timeout: 3m
   idle-timeout: 4s
+  read-your-writes-timeout: 750ms
+  forward: fly-replay
 `))
 		if err != nil {
 			t.Fatal(err)
@@ -136,7 +139,8 @@ func TestParseConfig_Proxy(t *testing.T) {
 		p := c.Proxy
 		if len(p.DB) != 2 || p.DB[1] != "other.db" || p.MaxLag != 2*time.Second || !p.Debug || len(p.Passthrough) != 2 ||
 			p.AlwaysForward[0] != "/login" || p.PrimaryRedirectTimeout != time.Second || p.ReadTimeout != time.Minute ||
-			p.ReadHeaderTimeout != 2*time.Second || p.WriteTimeout != 3*time.Minute || p.IdleTimeout != 4*time.Second {
+			p.ReadHeaderTimeout != 2*time.Second || p.WriteTimeout != 3*time.Minute || p.IdleTimeout != 4*time.Second ||
+			p.ReadYourWritesTimeout != 750*time.Millisecond || p.Forward != "fly-replay" {
 			t.Fatalf("proxy %+v", p)
 		}
 		if got := c.proxyAdvertiseURL(); got != "http://public:80" {
@@ -191,6 +195,8 @@ func TestConfig_Validate(t *testing.T) {
 		{"ProxyWithoutDB", "{base}proxy:\n  addr: :8080\n  target: localhost:8081\n", "proxy.db"},
 		{"ProxyBadDB", "{base}proxy:\n  addr: :8080\n  target: localhost:8081\n  db: [app.db, x-wal]\n", "proxy.db"},
 		{"ProxyNegativeMaxLag", "{base}proxy:\n  addr: :8080\n  target: localhost:8081\n  db: a\n  max-lag: -1s\n", "proxy.max-lag"},
+		{"ProxyNegativeReadYourWritesTimeout", "{base}proxy:\n  addr: :8080\n  target: localhost:8081\n  db: a\n  read-your-writes-timeout: -2s\n", "proxy.read-your-writes-timeout"},
+		{"ProxyBadForward", "{base}proxy:\n  addr: :8080\n  target: localhost:8081\n  db: a\n  forward: redirect\n", "proxy.forward"},
 		{"ProxyBadPattern", "{base}proxy:\n  addr: :8080\n  target: localhost:8081\n  db: a\n  passthrough: [\"x\"]\n", "proxy.passthrough[0]"},
 		{"ProxyBadAdvertiseURL", "{base}proxy:\n  addr: :8080\n  target: localhost:8081\n  db: a\n  advertise-url: node1:8080\n", "proxy.advertise-url"},
 		{"ProxyUnknownKey", "{base}proxy:\n  addr: :8080\n  targt: localhost:8081\n", "targt"},

@@ -228,7 +228,8 @@ func (c *MountCommand) openProxy() error {
 	p := proxy.NewServer(c.Store, cfg.Addr, cfg.Target, cfg.DB)
 	p.Node, p.Logger, p.Debug = c.Config.Lease.Hostname, c.Logger, cfg.Debug
 	p.OnRequest = c.Store.Metrics.ProxyRequest
-	p.MaxLag, p.PrimaryRedirectTimeout = cfg.MaxLag, cfg.PrimaryRedirectTimeout
+	p.MaxLag, p.PrimaryRedirectTimeout, p.WaitTimeout = cfg.MaxLag, cfg.PrimaryRedirectTimeout, cfg.ReadYourWritesTimeout
+	p.ForwardMode = proxy.ForwardMode(cfg.Forward)
 	p.Passthrough, p.AlwaysForward = cfg.Passthrough, cfg.AlwaysForward
 	p.ReadTimeout, p.ReadHeaderTimeout, p.WriteTimeout, p.IdleTimeout = cfg.ReadTimeout, cfg.ReadHeaderTimeout, cfg.WriteTimeout, cfg.IdleTimeout
 	if err := p.Open(); err != nil {
