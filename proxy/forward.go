@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -135,6 +136,10 @@ func bodyTouched(r *http.Request) bool {
 	return ok && b.touched
 }
 
+// newTransport returns the transport of a reverse proxy: connections kept
+// alive for up to 128 requests in flight per host (Go's default keeps 2,
+// so concurrent requests would open new connections), and bodies passed
+// as they are (no gzip added and undone on the way).
 func newTransport() *http.Transport {
 	return &http.Transport{
 		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -142,8 +147,22 @@ func newTransport() *http.Transport {
 		MaxIdleConnsPerHost:   128,
 		IdleConnTimeout:       90 * time.Second,
 		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true,
 	}
 }
+
+// bufferPool lends the reverse proxies the buffers they copy bodies
+// through, rather than allocating 32 KiB for each request.
+type bufferPool struct{ pool sync.Pool }
+
+func (p *bufferPool) Get() []byte {
+	if b, ok := p.pool.Get().(*[]byte); ok {
+		return *b
+	}
+	return make([]byte, 32<<10)
+}
+
+func (p *bufferPool) Put(b []byte) { p.pool.Put(&b) }
 
 // rewrite points a request at target, keeping the client's Host header
 // and adding the X-Forwarded headers. A request forwarded by another node's
@@ -168,9 +187,10 @@ func rewrite(pr *httputil.ProxyRequest, target *url.URL) {
 func (s *Server) newLocal() *httputil.ReverseProxy {
 	target := s.targetURL()
 	return &httputil.ReverseProxy{
-		Rewrite:   func(pr *httputil.ProxyRequest) { rewrite(pr, target) },
-		Transport: newTransport(),
-		ErrorLog:  slog.NewLogLogger(s.Logger.Handler(), slog.LevelDebug),
+		Rewrite:    func(pr *httputil.ProxyRequest) { rewrite(pr, target) },
+		Transport:  newTransport(),
+		BufferPool: s.buffers,
+		ErrorLog:   slog.NewLogLogger(s.Logger.Handler(), slog.LevelDebug),
 		ModifyResponse: func(resp *http.Response) error {
 			st := stateOf(resp.Request)
 			switch st.mode {
@@ -210,6 +230,10 @@ func (s *Server) newLocal() *httputil.ReverseProxy {
 
 // serveLocal sends a request to the local app.
 func (s *Server) serveLocal(w http.ResponseWriter, r *http.Request, m mode) {
+	if m == modeRead {
+		s.local.ServeHTTP(w, r) // stateOf's default: a plain read
+		return
+	}
 	s.local.ServeHTTP(w, withState(r, &reqState{mode: m}))
 }
 
@@ -249,8 +273,9 @@ func (s *Server) newForward() *httputil.ReverseProxy {
 			rewrite(pr, stateOf(pr.In).target)
 			pr.Out.Header.Add(HeaderForwardedBy, node)
 		},
-		Transport: newTransport(),
-		ErrorLog:  slog.NewLogLogger(s.Logger.Handler(), slog.LevelDebug),
+		Transport:  newTransport(),
+		BufferPool: s.buffers,
+		ErrorLog:   slog.NewLogLogger(s.Logger.Handler(), slog.LevelDebug),
 		ModifyResponse: func(resp *http.Response) error {
 			// The primary answered a write with its position: answer once
 			// this node has it too, so the client reads its write here.

@@ -134,6 +134,7 @@ type Server struct {
 	srv     *http.Server
 	local   *httputil.ReverseProxy
 	forward *httputil.ReverseProxy
+	buffers *bufferPool
 	done    chan struct{}
 }
 
@@ -166,6 +167,7 @@ func (s *Server) Open() error {
 		return fmt.Errorf("proxy: listen on %s: %w", s.Addr, err)
 	}
 	s.ln = ln
+	s.buffers = &bufferPool{}
 	s.local = s.newLocal()
 	s.forward = s.newForward()
 	s.srv = &http.Server{

@@ -30,8 +30,9 @@ type helperArgs struct {
 	Seed        int64         `json:"seed"`
 	Accounts    int           `json:"accounts"`
 	Total       int           `json:"total"`
-	Addr        string        `json:"addr"` // where a web app listens
-	Name        string        `json:"name"` // the node a web app runs on
+	Addr        string        `json:"addr"`   // where a web app listens
+	Name        string        `json:"name"`   // the node a web app runs on
+	Target      string        `json:"target"` // where a plain proxy sends requests
 }
 
 // startHelper starts a helper process; its stdout is returned as lines.
@@ -83,6 +84,8 @@ func runHelper(name string, _ []string) int {
 		return faultWriterHelper(db, args, os.Stdin, os.Stdout)
 	case "webapp":
 		return webApp(db, args, os.Stdout)
+	case "plain-proxy":
+		return plainProxy(args, os.Stdout)
 	case "snapshot-reader":
 		return snapshotReader(db, args, os.Stdout)
 	}
