@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -30,7 +31,11 @@ import (
 //	GET  /items             lists the rows, "id v" per line
 //	GET  /item?id=N         one row's value
 //	GET  /headers           echoes Host and the X-Forwarded headers
-//	GET  /events            a server-sent event stream: 3 events, 200ms apart
+//	GET  /events?id=X       a server-sent event stream of 3 events; the
+//	                        second waits for GET /ack?id=X (at most 10s)
+//	                        and says whether the ack came ("acked") or not
+//	                        ("timeout"): a client that acks after reading
+//	                        the first event proves it was not buffered
 //	GET  /ws                a WebSocket that echoes one text message
 //	POST /upload            counts and hashes the body as it streams in:
 //	                        "<bytes> <sha256 hex>"
@@ -106,18 +111,45 @@ func webApp(db *sql.DB, args helperArgs, out io.Writer) int {
 			fmt.Fprintf(w, "%s: %s\n", h, r.Header.Get(h))
 		}
 	})
+	var acksMu sync.Mutex
+	acks := make(map[string]chan struct{})
 	handle("GET /events", func(w http.ResponseWriter, r *http.Request) {
+		id := r.FormValue("id")
+		ack := make(chan struct{})
+		acksMu.Lock()
+		acks[id] = ack
+		acksMu.Unlock()
+		defer func() {
+			acksMu.Lock()
+			delete(acks, id)
+			acksMu.Unlock()
+		}()
 		w.Header().Set("Content-Type", "text/event-stream")
 		w.Header().Set("Cache-Control", "no-cache")
-		for i := 1; i <= 3; i++ {
-			fmt.Fprintf(w, "data: %d %s\n\n", i, args.Name)
-			w.(http.Flusher).Flush()
-			select {
-			case <-r.Context().Done():
-				return
-			case <-time.After(200 * time.Millisecond):
-			}
+		fmt.Fprintf(w, "data: 1 %s\n\n", args.Name)
+		w.(http.Flusher).Flush()
+		how := "acked"
+		select {
+		case <-r.Context().Done():
+			return
+		case <-ack:
+		case <-time.After(10 * time.Second):
+			how = "timeout"
 		}
+		fmt.Fprintf(w, "data: 2 %s %s\n\n", args.Name, how)
+		w.(http.Flusher).Flush()
+		fmt.Fprintf(w, "data: 3 %s\n\n", args.Name)
+	})
+	mux.HandleFunc("GET /ack", func(w http.ResponseWriter, r *http.Request) {
+		acksMu.Lock()
+		ack, ok := acks[r.FormValue("id")]
+		delete(acks, r.FormValue("id"))
+		acksMu.Unlock()
+		if !ok {
+			http.Error(w, "no such stream", http.StatusNotFound)
+			return
+		}
+		close(ack)
 	})
 	handle("GET /ws", func(w http.ResponseWriter, r *http.Request) { wsEcho(w, r, args.Name) })
 	handle("POST /upload", func(w http.ResponseWriter, r *http.Request) {
