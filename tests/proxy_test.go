@@ -589,6 +589,13 @@ func TestProxy_FlyReplay(t *testing.T) {
 	if v, _ := metricValue(scrape(t, c.Replica.Node), "litefs_proxy_requests_total", "route", "write", "outcome", "fly-replay"); v != 2 {
 		t.Errorf("fly-replay answers counted: %v, want 2", v)
 	}
+	// With no primary to name, a write is refused as in the default mode.
+	c.Primary.Kill()
+	c.Replica.waitHealth(t, 10*time.Second, http.StatusServiceUnavailable)
+	resp, body = call(t, client, "POST", c.Replica.ProxyURL()+"/items", url.Values{"v": {"lost"}})
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Fly-Replay") != "" || resp.Header.Get("Litefs-Error") != "no-primary" {
+		t.Errorf("write with the primary down: %d, Fly-Replay %q, Litefs-Error %q: %s", resp.StatusCode, resp.Header.Get("Fly-Replay"), resp.Header.Get("Litefs-Error"), body)
+	}
 }
 
 // TestProxy_Health: on a primary and two replicas, each replica's proxy
