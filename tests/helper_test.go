@@ -30,8 +30,9 @@ type helperArgs struct {
 	Seed        int64         `json:"seed"`
 	Accounts    int           `json:"accounts"`
 	Total       int           `json:"total"`
-	Addr        string        `json:"addr"` // where a web app listens
-	Name        string        `json:"name"` // the node a web app runs on
+	Addr        string        `json:"addr"`  // where a web app listens
+	Name        string        `json:"name"`  // the node a web app runs on
+	Setup       string        `json:"setup"` // SQL the writer runs on its connection first
 }
 
 // startHelper starts a helper process; its stdout is returned as lines.
@@ -158,6 +159,12 @@ func bankReader(db *sql.DB, args helperArgs, w io.Writer) int {
 // ackedWriter inserts rows 1, 2, 3, ... one per transaction and prints each
 // id after its COMMIT returned, until an error or the duration passes.
 func ackedWriter(db *sql.DB, args helperArgs, w io.Writer) int {
+	if args.Setup != "" {
+		if _, err := db.Exec(args.Setup); err != nil {
+			fmt.Fprintln(os.Stderr, "acked-writer setup:", err)
+			return 1
+		}
+	}
 	deadline := time.Now().Add(args.Duration)
 	payload := strings.Repeat("x", 500)
 	for id := 1; time.Now().Before(deadline); id++ {
