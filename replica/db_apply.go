@@ -332,7 +332,9 @@ func (db *DB) checkpointWAL() error {
 // stopped after the files were logged and before the database file had
 // them (a crash between an apply's two steps), or the machine crashed and
 // the WAL lost transactions whose LTX files it kept (see syncDeferred).
-// The files are searched newest first; a snapshot applies over anything.
+// The files are searched newest first. A snapshot applies only if it is
+// the newest file or the database is empty (zero sum): a database changed
+// behind the node's back must not be silently replaced by an older one.
 // db.mu held or not yet shared.
 func (db *DB) redo(sum checksum.Checksum) (bool, error) {
 	files := db.log.Files()
@@ -342,7 +344,7 @@ func (db *DB) redo(sum checksum.Checksum) (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		if hdr.IsSnapshot() || hdr.PreApplyChecksum == sum {
+		if (hdr.IsSnapshot() && (sum == 0 || i == len(files)-1)) || (!hdr.IsSnapshot() && hdr.PreApplyChecksum == sum) {
 			from = i
 			break
 		}
