@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 )
@@ -192,5 +193,44 @@ func benchConcurrent(b *testing.B, target, mode string, writers, readers int) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tx/s")
 	if readers > 0 {
 		b.ReportMetric(float64(reads.Load())/b.Elapsed().Seconds(), "reads/s")
+	}
+}
+
+// BenchmarkWriteTxLease: BenchmarkWriteTx's single-row commits on a static
+// primary and on the primary of a one-node Consul cluster, in the same run.
+// A node that may become a replica answers the kernel's opens (to refuse
+// writes on a replica), which a static primary declines once for all.
+//
+//	go test ./tests -run '^$' -bench WriteTxLease -benchtime 3000x
+func BenchmarkWriteTxLease(b *testing.B) {
+	bin, err := buildLitefs(false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	static := benchNode(b, NodeConfig{Name: "static"})
+	static.Start()
+	consul := startConsulClusterWith(b, 1, bin).WaitPrimary(b, 15*time.Second)
+	for _, mode := range []string{"DELETE", "WAL"} {
+		for _, n := range []*Node{static, consul} {
+			lease := "static"
+			if n != static {
+				lease = "consul"
+			}
+			b.Run(mode+"/"+lease, func(b *testing.B) {
+				db := openDB(b, n.Path("lease-"+strings.ToLower(mode)+".db"), mode)
+				db.SetMaxOpenConns(1)
+				if _, err := db.Exec(`CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT)`); err != nil {
+					b.Fatal(err)
+				}
+				v := strings.Repeat("x", 100)
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					if _, err := db.Exec(`INSERT INTO t (v) VALUES (?)`, v); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tx/s")
+			})
+		}
 	}
 }
