@@ -312,6 +312,11 @@ func (fs *FS) fsync(r *fuse.FsyncRequest) {
 		err = st.f.Sync()
 	case n.kind == kindDB:
 		err = n.db.Sync(datasync)
+	case n.kind == kindWAL:
+		var f *os.File
+		if f, err = n.file(); err == nil {
+			err = n.db.SyncWAL(f, datasync)
+		}
 	default:
 		var f *os.File
 		if f, err = n.file(); err == nil {

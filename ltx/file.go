@@ -135,35 +135,43 @@ func readFile(path string, keep bool) (*Decoded, error) {
 // file commits the transaction that created it. A crash before the sync
 // returns can leave a torn file; Log finds it at open (see OpenLog).
 func WriteFile(path string, hdr Header, pages []Page, post checksum.Checksum) error {
+	f, err := writeFile(path, hdr, pages, post, true)
+	if f != nil {
+		_ = f.Close()
+	}
+	return err
+}
+
+// writeFile writes an LTX file at path, which must not exist, in one
+// call. If durable, it syncs and closes it and returns a nil file;
+// otherwise it returns the file, open, for a later sync.
+func writeFile(path string, hdr Header, pages []Page, post checksum.Checksum, durable bool) (*os.File, error) {
 	var buf bytes.Buffer
 	if err := Encode(&buf, hdr, pages, post); err != nil {
-		return err
+		return nil, err
 	}
-	return writeFileDurable(path, buf.Bytes())
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.Write(buf.Bytes()); err != nil {
+		_ = f.Close()
+		_ = os.Remove(path)
+		return nil, fmt.Errorf("write %s: %w", path, err)
+	}
+	if !durable {
+		return f, nil
+	}
+	if err := Sync(f); err != nil {
+		_ = f.Close()
+		_ = os.Remove(path)
+		return nil, fmt.Errorf("sync %s: %w", path, err)
+	}
+	return nil, f.Close()
 }
 
 // tmpSuffix marks temporary files, which Log removes at open.
 const tmpSuffix = ".tmp"
-
-func writeFileDurable(path string, data []byte) (err error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			_ = f.Close()
-			_ = os.Remove(path)
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", path, err)
-	}
-	return f.Close()
-}
 
 // FormatFilename returns the file name of an LTX file holding min..max.
 func FormatFilename(min, max TXID) string { return sltx.FormatFilename(sltx.TXID(min), sltx.TXID(max)) }
@@ -172,6 +180,21 @@ func FormatFilename(min, max TXID) string { return sltx.FormatFilename(sltx.TXID
 func ParseFilename(name string) (min, max TXID, err error) {
 	a, b, err := sltx.ParseFilename(name)
 	return TXID(a), TXID(b), err
+}
+
+// ReadHeader returns the header of the LTX file at path, without
+// verifying the file.
+func ReadHeader(path string) (Header, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Header{}, err
+	}
+	defer f.Close()
+	dec, err := NewDecoder(f)
+	if err != nil {
+		return Header{}, &CorruptError{Path: path, Err: err}
+	}
+	return dec.Header(), nil
 }
 
 // ReadTrailer returns the post-apply checksum recorded in the trailer of

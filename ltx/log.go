@@ -29,17 +29,30 @@ type Log struct {
 	files []FileInfo // ascending TXIDs
 	pos   Pos        // post-apply position of the last file
 	last  Header     // header of the last file
+
+	// unsynced holds the newest files, written by AppendDeferred and not
+	// yet made durable, oldest first, each still open for its sync.
+	unsynced []*os.File
+	// torn holds the files OpenLog left out: the newest one that failed
+	// verification and those after it.
+	torn []string
 }
+
+// MaxUnsynced bounds the files AppendDeferred leaves unsynced: the append
+// that would exceed it makes them all durable first. It also bounds how
+// many files OpenLog verifies after a crash of the machine.
+const MaxUnsynced = 512
 
 // OpenLog opens the log in dir, creating dir if needed. It removes
 // temporary files, checks that file names are contiguous, and verifies the
-// newest file end to end. Nothing else is modified.
+// newest files end to end: the newest MaxUnsynced, which a crash of the
+// machine may have lost or torn if they were written by AppendDeferred.
+// Nothing else is modified.
 //
-// If the newest file fails verification, OpenLog returns a *CorruptError
+// If one of them fails verification, OpenLog returns a *CorruptError
 // naming it together with a Log that ends before it, so the caller can tell
-// a torn write (a crash before the file's sync returned: the transaction was
-// never acknowledged, see Log.Discard) from damage to a committed file.
-// Any other failure returns a nil Log.
+// a torn write (a crash before the file was durable: see DiscardTorn) from
+// damage to a committed file. Any other failure returns a nil Log.
 func OpenLog(dir string) (*Log, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -99,15 +112,23 @@ func OpenLog(dir string) (*Log, error) {
 	if len(l.files) == 0 {
 		return l, nil
 	}
-	newest := l.files[len(l.files)-1]
-	if err := l.setPosFrom(newest); err != nil {
-		l.files = l.files[:len(l.files)-1]
-		if len(l.files) > 0 {
-			if err := l.setPosFrom(l.files[len(l.files)-1]); err != nil {
-				return nil, err
+	// Verify the window oldest first: the log ends before the first file
+	// that fails, and the files after it go with it.
+	from := max(0, len(l.files)-MaxUnsynced)
+	for i := from; i < len(l.files); i++ {
+		if err := l.setPosFrom(l.files[i]); err != nil {
+			for _, f := range l.files[i:] {
+				l.torn = append(l.torn, l.Path(f.MinTXID, f.MaxTXID))
 			}
+			l.files = l.files[:i]
+			l.pos, l.last = Pos{}, Header{}
+			if i > 0 {
+				if err := l.setPosFrom(l.files[i-1]); err != nil {
+					return nil, err
+				}
+			}
+			return l, err
 		}
-		return l, err
 	}
 	return l, nil
 }
@@ -128,13 +149,27 @@ func (l *Log) setPosFrom(f FileInfo) error {
 	return nil
 }
 
-// Discard removes a file that OpenLog reported as the newest and failed,
-// once the caller has established it was a torn write.
-func (l *Log) Discard(path string) error {
-	if filepath.Dir(path) != l.dir {
-		return fmt.Errorf("discard %s: not in %s", path, l.dir)
+// DiscardTorn removes, durably, the file that OpenLog reported as failing
+// and every file after it, once the caller has established they were torn
+// writes: their transactions were never made durable.
+func (l *Log) DiscardTorn() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i := len(l.torn) - 1; i >= 0; i-- {
+		if err := os.Remove(l.torn[i]); err != nil && !os.IsNotExist(err) {
+			return err
+		}
 	}
-	return os.Remove(path)
+	l.torn = nil
+	return SyncDir(l.dir)
+}
+
+// Torn returns the files OpenLog left out of the log: the one that failed
+// verification and those after it.
+func (l *Log) Torn() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.torn...)
 }
 
 // Dir returns the directory holding the log.
@@ -177,8 +212,27 @@ func (l *Log) Append(hdr Header, pages []Page, post checksum.Checksum) error {
 // before the removal is durable leaves the file, as a crash leaves the
 // file of a commit that was not acknowledged yet.
 func (l *Log) AppendChecked(hdr Header, pages []Page, post checksum.Checksum, check func() error) error {
+	return l.append(hdr, pages, post, check, false)
+}
+
+// AppendDeferred is AppendChecked without making the file durable: it is
+// written (so it survives a crash of the process, in the page cache) and
+// made durable by the next Sync, which the caller must call before it
+// makes anything that depends on the file durable. A crash of the
+// machine before that may lose the file or leave it torn; OpenLog then
+// drops it, and every file after it.
+func (l *Log) AppendDeferred(hdr Header, pages []Page, post checksum.Checksum, check func() error) error {
+	return l.append(hdr, pages, post, check, true)
+}
+
+func (l *Log) append(hdr Header, pages []Page, post checksum.Checksum, check func() error, deferred bool) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if deferred && len(l.unsynced) >= MaxUnsynced {
+		if err := l.syncLocked(); err != nil {
+			return fmt.Errorf("append ltx %s: %w", hdr.MinTXID, err)
+		}
+	}
 	if hdr.MinTXID != l.pos.TXID+1 {
 		return fmt.Errorf("append ltx %s: log is at %s", hdr.MinTXID, l.pos.TXID)
 	}
@@ -186,16 +240,23 @@ func (l *Log) AppendChecked(hdr Header, pages []Page, post checksum.Checksum, ch
 		return fmt.Errorf("append ltx %s: pre-apply checksum %s, log is at %s", hdr.MinTXID, hdr.PreApplyChecksum, l.pos.Checksum)
 	}
 	path := l.Path(hdr.MinTXID, hdr.MaxTXID)
-	if err := WriteFile(path, hdr, pages, post); err != nil {
+	f, err := writeFile(path, hdr, pages, post, !deferred)
+	if err != nil {
 		return fmt.Errorf("write ltx %s: %w", filepath.Base(path), err)
 	}
 	if check != nil {
 		if err := check(); err != nil {
+			if f != nil {
+				_ = f.Close()
+			}
 			if rerr := os.Remove(path); rerr != nil {
 				return fmt.Errorf("%w (and removing %s failed: %v)", err, filepath.Base(path), rerr)
 			}
 			return err
 		}
+	}
+	if f != nil {
+		l.unsynced = append(l.unsynced, f)
 	}
 	l.files = append(l.files, FileInfo{MinTXID: hdr.MinTXID, MaxTXID: hdr.MaxTXID, ModTime: time.Now()})
 	l.pos = Pos{TXID: hdr.MaxTXID, Checksum: post}
@@ -218,6 +279,10 @@ func (l *Log) TakeBack(txid TXID, prev Pos, prevLast Header) error {
 		return fmt.Errorf("take back ltx %s: log is at %s", txid, l.pos.TXID)
 	}
 	f := l.files[n-1]
+	if k := len(l.unsynced); k > 0 && l.unsynced[k-1].Name() == l.Path(f.MinTXID, f.MaxTXID) {
+		_ = l.unsynced[k-1].Close()
+		l.unsynced = l.unsynced[:k-1]
+	}
 	if err := os.Remove(l.Path(f.MinTXID, f.MaxTXID)); err != nil {
 		return fmt.Errorf("take back ltx %s: %w", txid, err)
 	}
@@ -279,6 +344,56 @@ func (l *Log) AdoptChecked(src string, hdr Header, post checksum.Checksum, check
 	return nil
 }
 
+// Sync makes the files AppendDeferred wrote durable, with their names.
+func (l *Log) Sync() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.syncLocked()
+}
+
+// Unsynced returns how many files wait for Sync.
+func (l *Log) Unsynced() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.unsynced)
+}
+
+// syncLocked makes the unsynced files durable, oldest first. l.mu held.
+// More than one is synced with syncfs(2): one flush of the filesystem's
+// journal and the device's cache instead of one per file.
+func (l *Log) syncLocked() error {
+	switch len(l.unsynced) {
+	case 0:
+		return nil
+	case 1:
+		if err := Sync(l.unsynced[0]); err != nil {
+			return fmt.Errorf("sync %s: %w", filepath.Base(l.unsynced[0].Name()), err)
+		}
+	default:
+		if err := SyncFS(l.unsynced); err != nil {
+			return fmt.Errorf("sync %d ltx files: %w", len(l.unsynced), err)
+		}
+	}
+	for _, f := range l.unsynced {
+		_ = f.Close()
+	}
+	l.unsynced = l.unsynced[:0]
+	return nil // syncing a new file makes its name durable too (see WriteFile)
+}
+
+// Close closes the files that wait for Sync without syncing them: a
+// crash of the process loses nothing written, and a log that is closed
+// without a crash is synced first by its owner.
+func (l *Log) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, f := range l.unsynced {
+		_ = f.Close()
+	}
+	l.unsynced = nil
+	return nil
+}
+
 // SyncDir makes a directory's entries durable.
 func SyncDir(dir string) error {
 	d, err := os.Open(dir)
@@ -286,7 +401,7 @@ func SyncDir(dir string) error {
 		return err
 	}
 	defer d.Close()
-	return d.Sync()
+	return Sync(d)
 }
 
 // Retain removes files last modified before t, always keeping the newest.

@@ -10,7 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"golang.org/x/sys/unix"
+	"time"
 
 	"github.com/litefs-project/litefs/checksum"
 	"github.com/litefs-project/litefs/ltx"
@@ -98,11 +98,11 @@ func openDB(name, dir string, logger *slog.Logger) (_ *DB, err error) {
 		return nil, err
 	}
 	if torn != nil {
-		// The database matches the log without the failed file, so its
-		// transaction never finished: the file is a torn write.
-		db.logger.Warn("removing a torn ltx file left by a crash; its transaction was never acknowledged",
-			slog.String(LogKeyPath, torn.Path), slog.Any(LogKeyError, torn.Err))
-		if err := db.log.Discard(torn.Path); err != nil {
+		// The database matches the log without the failed files, so
+		// their transactions never became durable: torn writes.
+		db.logger.Warn("removing torn ltx files left by a crash; their transactions were never made durable",
+			slog.Any("files", db.log.Torn()), slog.Any(LogKeyError, torn.Err))
+		if err := db.log.DiscardTorn(); err != nil {
 			return nil, err
 		}
 	}
@@ -197,8 +197,8 @@ func (db *DB) recover(live bool) error {
 	}
 	if got := tbl.Sum(); got != db.pos.Checksum {
 		db.pageSize, db.chk = pageSize, tbl
-		if ok, err := db.redoLast(got); err != nil {
-			return fmt.Errorf("database %q: redo newest ltx file: %w", db.name, err)
+		if ok, err := db.redo(got); err != nil {
+			return fmt.Errorf("database %q: redo ltx files: %w", db.name, err)
 		} else if ok {
 			tbl, pageSize = db.chk, db.pageSize
 		}
@@ -372,12 +372,44 @@ func (db *DB) Truncate(size int64) error {
 	return nil
 }
 
-// Sync flushes the database file to disk; datasync skips metadata.
+// Sync flushes the database file to disk, and first the LTX files not yet
+// durable (see SyncWAL); datasync skips the file's metadata.
 func (db *DB) Sync(datasync bool) error {
-	if datasync {
-		return unix.Fdatasync(int(db.f.Fd()))
+	if err := db.log.Sync(); err != nil {
+		return fmt.Errorf("sync ltx files: %w", err)
 	}
-	return db.f.Sync()
+	return syncFile(db.f, datasync)
+}
+
+// retain removes the LTX files retention no longer keeps. The database
+// file and WAL are made durable first: after a crash of the machine,
+// recovery may need every file after the durable database state.
+func (db *DB) retain(before time.Time) (int, error) {
+	if err := db.Sync(false); err != nil {
+		return 0, err
+	}
+	if f, err := os.OpenFile(db.WALPath(), os.O_RDWR, 0); err == nil {
+		err = ltx.Sync(f)
+		_ = f.Close()
+		if err != nil {
+			return 0, err
+		}
+	} else if !os.IsNotExist(err) {
+		return 0, err
+	}
+	return db.log.Retain(before)
+}
+
+// SetSyncHook sets a function called after every sync of a file or
+// directory in the data directory, for crash tests; nil removes it.
+func SetSyncHook(fn func(f *os.File)) { ltx.SetSyncHook(fn) }
+
+// syncFile makes f durable; datasync skips its metadata.
+func syncFile(f *os.File, datasync bool) error {
+	if datasync {
+		return ltx.SyncData(f)
+	}
+	return ltx.Sync(f)
 }
 
 // closeIfEmpty closes the database if it has no transaction and no bytes,
@@ -404,10 +436,12 @@ func (db *DB) close() error {
 		return nil
 	}
 	db.closed = true
+	serr := db.log.Sync() // a clean stop leaves the log durable
+	_ = db.log.Close()
 	if err := db.f.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
 		return err
 	}
-	return nil
+	return serr
 }
 
 // zeroFilled reports whether the database file holds only zero bytes.

@@ -327,15 +327,37 @@ func (db *DB) checkpointWAL() error {
 	return nil
 }
 
-// redoLast applies the newest LTX file again if the database is at the
-// position it applies to: the node stopped after the file was logged and
-// before the database file had it. db.mu held or not yet shared.
-func (db *DB) redoLast(sum checksum.Checksum) (bool, error) {
-	hdr := db.log.LastHeader()
-	if hdr.MaxTXID == 0 || (!hdr.IsSnapshot() && hdr.PreApplyChecksum != sum) {
+// redo applies the log's newest files again if the database, whose
+// checksum is sum, is at the position one of them applies to: the node
+// stopped after the files were logged and before the database file had
+// them (a crash between an apply's two steps), or the machine crashed and
+// the WAL lost transactions whose LTX files it kept (see syncDeferred).
+// The files are searched newest first. A snapshot applies only if it is
+// the newest file or the database is empty (zero sum): a database changed
+// behind the node's back must not be silently replaced by an older one.
+// db.mu held or not yet shared.
+func (db *DB) redo(sum checksum.Checksum) (bool, error) {
+	files := db.log.Files()
+	from := -1
+	for i := len(files) - 1; i >= 0; i-- {
+		hdr, err := ltx.ReadHeader(db.log.Path(files[i].MinTXID, files[i].MaxTXID))
+		if err != nil {
+			return false, err
+		}
+		if (hdr.IsSnapshot() && (sum == 0 || i == len(files)-1)) || (!hdr.IsSnapshot() && hdr.PreApplyChecksum == sum) {
+			from = i
+			break
+		}
+	}
+	if from < 0 {
 		return false, nil
 	}
-	db.logger.Info("applying the newest ltx file again: the node stopped before the database had it",
-		slog.String(LogKeyTXID, hdr.MaxTXID.String()))
-	return true, db.applyFile(db.log.Path(hdr.MinTXID, hdr.MaxTXID), true)
+	db.logger.Info("applying ltx files again: the node stopped before the database had them",
+		slog.String("from", files[from].MinTXID.String()), slog.String("to", files[len(files)-1].MaxTXID.String()))
+	for _, f := range files[from:] {
+		if err := db.applyFile(db.log.Path(f.MinTXID, f.MaxTXID), false); err != nil {
+			return true, err
+		}
+	}
+	return true, db.f.Sync()
 }

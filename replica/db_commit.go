@@ -47,7 +47,7 @@ func (db *DB) commit() error {
 	for pgno := range db.dirty {
 		pgnos = append(pgnos, pgno)
 	}
-	if err := db.commitTxn(uint32(size/int64(db.pageSize)), pgnos, db.readDBPage); err != nil {
+	if err := db.commitTxn(uint32(size/int64(db.pageSize)), pgnos, db.readDBPage, syncNow); err != nil {
 		return err
 	}
 	db.resetDirty()
@@ -81,13 +81,28 @@ func (db *DB) readDBPage(pgno uint32, buf []byte) error {
 	return err
 }
 
+// durability says when a commit's LTX file is made durable.
+type durability int
+
+const (
+	// syncNow: before the commit returns. A rollback-journal commit is
+	// durable in the database file once SQLite deletes, truncates or
+	// zeroes its journal, so its LTX file must be too.
+	syncNow durability = iota
+	// syncDeferred: when SQLite next asks for durability (an fsync of the
+	// WAL or the database file), before that fsync. A WAL commit is
+	// durable only once SQLite syncs the WAL: at every commit with
+	// synchronous=FULL, at checkpoints with NORMAL.
+	syncDeferred
+)
+
 // commitTxn writes one LTX file for a transaction that leaves the database
 // at pageN pages and may have changed the pages in written; read returns
 // a page's new contents. Pages that read as they were are left out, pages
 // that appeared at the end are added, and the first transaction holds
 // every page (a snapshot). A transaction that changed nothing (a rollback)
 // writes nothing. db.mu must be held.
-func (db *DB) commitTxn(pageN uint32, written []uint32, read func(pgno uint32, buf []byte) error) error {
+func (db *DB) commitTxn(pageN uint32, written []uint32, read func(pgno uint32, buf []byte) error, when durability) error {
 	start := time.Now()
 	oldN := db.chk.PageN()
 	snapshot := db.pos.TXID == 0
@@ -166,7 +181,11 @@ func (db *DB) commitTxn(pageN uint32, written []uint32, read func(pgno uint32, b
 	if db.sync != nil {
 		prevLast = db.log.LastHeader()
 	}
-	if err := db.log.AppendChecked(hdr, pages, post, db.canCommit); err != nil {
+	appendFile := db.log.AppendChecked
+	if when == syncDeferred {
+		appendFile = db.log.AppendDeferred
+	}
+	if err := appendFile(hdr, pages, post, db.canCommit); err != nil {
 		if errors.Is(err, ErrReadOnly) || errors.Is(err, ErrFenced) {
 			return err
 		}

@@ -127,7 +127,7 @@ func (db *DB) commitWALTxn(r io.ReaderAt, txn walTxn) error {
 		_, err := r.ReadAt(buf, off+walFrameHeaderSize)
 		return err
 	}
-	if err := db.commitTxn(txn.commit, pgnos, read); err != nil {
+	if err := db.commitTxn(txn.commit, pgnos, read, syncDeferred); err != nil {
 		return err
 	}
 	db.wal.end, db.wal.cksum = txn.end, txn.cksum
@@ -146,6 +146,16 @@ func txnPages(txn walTxn) (map[uint32]int64, []uint32) {
 		frames[f.pgno] = f.offset
 	}
 	return frames, pgnos
+}
+
+// SyncWAL makes the WAL open as f durable, as SQLite asks with an fsync:
+// the LTX files of its transactions first, so the log never has less than
+// what the durable WAL holds. datasync skips the file's metadata.
+func (db *DB) SyncWAL(f *os.File, datasync bool) error {
+	if err := db.log.Sync(); err != nil {
+		return fmt.Errorf("sync ltx files: %w", err)
+	}
+	return syncFile(f, datasync)
 }
 
 // TruncateWAL truncates the WAL to size bytes. Cutting committed frames

@@ -679,7 +679,7 @@ func (s *Store) retentionLoop() error {
 		case <-t.C:
 		}
 		for _, db := range s.DBs() {
-			n, err := db.log.Retain(time.Now().Add(-s.Retention))
+			n, err := db.retain(time.Now().Add(-s.Retention))
 			if err != nil {
 				s.Logger.Warn("retention", slog.String(LogKeyDB, db.name), slog.Any(LogKeyError, err))
 			} else if n > 0 {

@@ -165,7 +165,7 @@ func (db *DB) commitJournaled(j *hotJournal, tbl *checksum.Table, pageSize uint3
 			TXID: uint64(db.pos.TXID), Want: db.pos.Checksum, Got: got}
 	}
 	db.pageSize, db.chk = pageSize, pre
-	if err := db.commitTxn(tbl.PageN(), written, db.readDBPage); err != nil {
+	if err := db.commitTxn(tbl.PageN(), written, db.readDBPage, syncNow); err != nil {
 		return nil, err
 	}
 	db.logger.Info("logged the transaction of a finished super-journal: SQLite had committed it over several databases before litefs stopped",

@@ -33,6 +33,7 @@ type helperArgs struct {
 	Addr        string        `json:"addr"`   // where a web app listens
 	Name        string        `json:"name"`   // the node a web app runs on
 	Target      string        `json:"target"` // where a plain proxy sends requests
+	Setup       string        `json:"setup"`  // SQL the writer runs on its connection first
 }
 
 // startHelper starts a helper process; its stdout is returned as lines.
@@ -161,6 +162,12 @@ func bankReader(db *sql.DB, args helperArgs, w io.Writer) int {
 // ackedWriter inserts rows 1, 2, 3, ... one per transaction and prints each
 // id after its COMMIT returned, until an error or the duration passes.
 func ackedWriter(db *sql.DB, args helperArgs, w io.Writer) int {
+	if args.Setup != "" {
+		if _, err := db.Exec(args.Setup); err != nil {
+			fmt.Fprintln(os.Stderr, "acked-writer setup:", err)
+			return 1
+		}
+	}
 	deadline := time.Now().Add(args.Duration)
 	payload := strings.Repeat("x", 500)
 	for id := 1; time.Now().Before(deadline); id++ {

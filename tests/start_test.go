@@ -212,7 +212,7 @@ func TestStart_TornLTX(t *testing.T) {
 	if _, err := os.Stat(last); !os.IsNotExist(err) {
 		t.Fatalf("torn file still there: %v", err)
 	}
-	if !strings.Contains(n.Logs(), "removing a torn ltx file") {
+	if !strings.Contains(n.Logs(), "removing torn ltx files") {
 		t.Fatalf("no log line:\n%s", n.Logs())
 	}
 	mustSQLite3(t, n.Path("app.db"), "INSERT INTO t VALUES (4);")

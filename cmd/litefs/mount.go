@@ -127,6 +127,13 @@ func (c *MountCommand) Run(ctx context.Context) error {
 		}
 		c.FS.Failpoint = hook
 	}
+	if dir := os.Getenv(syncShadowEnv); dir != "" {
+		hook, err := syncShadow(c.Config.Data.Dir, dir, c.Logger)
+		if err != nil {
+			return err
+		}
+		replica.SetSyncHook(hook)
+	}
 	c.Server = replica.NewServer(c.Store, c.Config.Lease.Hostname)
 	c.Server.Secret = c.Config.HTTP.Secret
 	c.Server.Gate = c.FS
