@@ -135,7 +135,7 @@ func readFile(path string, keep bool) (*Decoded, error) {
 // file commits the transaction that created it. A crash before the sync
 // returns can leave a torn file; Log finds it at open (see OpenLog).
 func WriteFile(path string, hdr Header, pages []Page, post checksum.Checksum) error {
-	f, err := writeFile(path, hdr, pages, post, true)
+	f, err := writeFile(path, nil, hdr, pages, post, true)
 	if f != nil {
 		_ = f.Close()
 	}
@@ -143,16 +143,23 @@ func WriteFile(path string, hdr Header, pages []Page, post checksum.Checksum) er
 }
 
 // writeFile writes an LTX file at path, which must not exist, in one
-// call. If durable, it syncs and closes it and returns a nil file;
-// otherwise it returns the file, open, for a later sync.
-func writeFile(path string, hdr Header, pages []Page, post checksum.Checksum, durable bool) (*os.File, error) {
+// call, into f if not nil (an empty file already at path). If durable, it
+// syncs and closes it and returns a nil file; otherwise it returns the
+// file, open, for a later sync.
+func writeFile(path string, f *os.File, hdr Header, pages []Page, post checksum.Checksum, durable bool) (*os.File, error) {
 	var buf bytes.Buffer
 	if err := Encode(&buf, hdr, pages, post); err != nil {
+		if f != nil {
+			_ = f.Close()
+			_ = os.Remove(path)
+		}
 		return nil, err
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return nil, err
+	if f == nil {
+		var err error
+		if f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644); err != nil {
+			return nil, err
+		}
 	}
 	if _, err := f.Write(buf.Bytes()); err != nil {
 		_ = f.Close()

@@ -36,6 +36,8 @@ type Log struct {
 	// torn holds the files OpenLog left out: the newest one that failed
 	// verification and those after it.
 	torn []string
+	// spares, if set, keeps files ready for appends (see UseSpares).
+	spares *spares
 }
 
 // MaxUnsynced bounds the files AppendDeferred leaves unsynced: the append
@@ -240,7 +242,7 @@ func (l *Log) append(hdr Header, pages []Page, post checksum.Checksum, check fun
 		return fmt.Errorf("append ltx %s: pre-apply checksum %s, log is at %s", hdr.MinTXID, hdr.PreApplyChecksum, l.pos.Checksum)
 	}
 	path := l.Path(hdr.MinTXID, hdr.MaxTXID)
-	f, err := writeFile(path, hdr, pages, post, !deferred)
+	f, err := writeFile(path, l.takeSpare(path), hdr, pages, post, !deferred)
 	if err != nil {
 		return fmt.Errorf("write ltx %s: %w", filepath.Base(path), err)
 	}
@@ -381,16 +383,20 @@ func (l *Log) syncLocked() error {
 	return nil // syncing a new file makes its name durable too (see WriteFile)
 }
 
-// Close closes the files that wait for Sync without syncing them: a
-// crash of the process loses nothing written, and a log that is closed
-// without a crash is synced first by its owner.
+// Close closes the files that wait for Sync without syncing them (a crash
+// of the process loses nothing written, and a log that is closed without
+// a crash is synced first by its owner) and stops the spares.
 func (l *Log) Close() error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
+	exited := l.stopSpares()
 	for _, f := range l.unsynced {
 		_ = f.Close()
 	}
 	l.unsynced = nil
+	l.mu.Unlock()
+	if exited != nil {
+		<-exited
+	}
 	return nil
 }
 
@@ -412,7 +418,7 @@ func (l *Log) Retain(t time.Time) (int, error) {
 	n := 0
 	for len(l.files) > 1 && l.files[0].ModTime.Before(t) {
 		f := l.files[0]
-		if err := os.Remove(l.Path(f.MinTXID, f.MaxTXID)); err != nil && !os.IsNotExist(err) {
+		if err := l.discard(l.Path(f.MinTXID, f.MaxTXID)); err != nil {
 			return n, err
 		}
 		l.files = l.files[1:]

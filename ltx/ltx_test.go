@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -157,5 +158,87 @@ func TestParsePos(t *testing.T) {
 		if _, err := ltx.ParsePos(bad); err == nil {
 			t.Errorf("%q: expected error", bad)
 		}
+	}
+}
+
+// TestLog_Spares: appends take their files from the spares, retention gives
+// files back for reuse once they are old enough, and the log reads the same
+// either way; Close removes the spares.
+func TestLog_Spares(t *testing.T) {
+	dir, spareDir := t.TempDir(), t.TempDir()
+	l, err := ltx.OpenLog(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.UseSpares(spareDir)
+	inodes := make(map[uint64]bool) // of the spares made in the background
+	for deadline := time.Now().Add(5 * time.Second); l.SparesReady() == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("no spares made within 5s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	{
+		ents, _ := os.ReadDir(spareDir)
+		for _, ent := range ents {
+			if fi, err := ent.Info(); err == nil {
+				inodes[fi.Sys().(*syscall.Stat_t).Ino] = true
+			}
+		}
+	}
+	tbl := checksum.NewTable(512)
+	var pos ltx.Pos
+	for txid := ltx.TXID(1); txid <= 40; txid++ {
+		data := page(byte(txid), 512)
+		hdr := ltx.Header{PageSize: 512, Commit: 1, MinTXID: txid, MaxTXID: txid, Timestamp: time.Now().UnixMilli(), PreApplyChecksum: pos.Checksum}
+		tbl.Set(1, data)
+		if err := l.AppendDeferred(hdr, []ltx.Page{{Pgno: 1, Data: data}}, tbl.Sum(), nil); err != nil {
+			t.Fatal(err)
+		}
+		pos = ltx.Pos{TXID: txid, Checksum: tbl.Sum()}
+		if txid == 1 {
+			fi, err := os.Stat(l.Path(1, 1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !inodes[fi.Sys().(*syscall.Stat_t).Ino] {
+				t.Fatal("the first append created a file instead of taking a spare")
+			}
+		}
+		if txid == 20 {
+			// Retention gives files back.
+			if n, err := l.Retain(time.Now().Add(time.Hour)); err != nil || n != 19 {
+				t.Fatalf("retain: %d, %v", n, err)
+			}
+		}
+	}
+	if err := l.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	spares, _ := os.ReadDir(spareDir)
+	if len(spares) == 0 {
+		t.Fatal("no spares kept")
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if spares, _ := os.ReadDir(spareDir); len(spares) != 0 {
+		t.Fatalf("%d spares left after close", len(spares))
+	}
+	// Every file reads back whole.
+	l2, err := ltx.OpenLog(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := l2.Pos(); got != pos {
+		t.Fatalf("reopened at %v, want %v", got, pos)
+	}
+	for _, f := range l2.Files() {
+		if _, err := ltx.VerifyFile(l2.Path(f.MinTXID, f.MaxTXID)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(l2.Files()); n != 21 {
+		t.Fatalf("%d files, want 21", n)
 	}
 }

@@ -514,6 +514,7 @@ func (s *Store) openDB(name, dir string) (*DB, error) {
 	if err != nil {
 		return nil, err
 	}
+	db.log.UseSpares(s.TempDir())
 	db.onError = func(err error) {
 		if s.OnError != nil {
 			s.OnError(name, err)
