@@ -422,6 +422,10 @@ func (s *Store) notify() {
 // directory's filesystem so they can be renamed into place.
 func (s *Store) TempDir() string { return filepath.Join(s.Dir, "tmp") }
 
+// SpareDir returns where the databases' logs keep spare files for their
+// appends (see ltx.Log.UseSpares).
+func (s *Store) SpareDir() string { return filepath.Join(s.Dir, "spare") }
+
 // AsideDir returns where discarded database states are kept.
 func (s *Store) AsideDir() string { return filepath.Join(s.Dir, "aside") }
 
@@ -459,11 +463,14 @@ func (s *Store) Open() error {
 	if err := os.MkdirAll(s.DBDir(), 0o755); err != nil {
 		return err
 	}
-	if err := os.RemoveAll(s.TempDir()); err != nil { // files half received
-		return err
-	}
-	if err := os.MkdirAll(s.TempDir(), 0o755); err != nil {
-		return err
+	// Files half received, and spare LTX files: none survives a restart.
+	for _, dir := range []string{s.TempDir(), s.SpareDir()} {
+		if err := os.RemoveAll(dir); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
 	}
 	ents, err := os.ReadDir(s.DBDir())
 	if err != nil {
@@ -514,7 +521,7 @@ func (s *Store) openDB(name, dir string) (*DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	db.log.UseSpares(s.TempDir())
+	db.log.UseSpares(s.SpareDir())
 	db.onError = func(err error) {
 		if s.OnError != nil {
 			s.OnError(name, err)
