@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"bazil.org/fuse"
 	"golang.org/x/sys/unix"
@@ -42,14 +43,59 @@ func (fs *FS) LockDB(ctx context.Context, name string) (unlock func() error, err
 // LockWAL takes the WAL index's locks on the named database through the
 // mount (WRITE, CKPT, RECOVER and every READ slot), which no connection in
 // WAL mode can read, write or checkpoint without. It waits for current
-// transactions to end, or returns ctx's error. If the database has no WAL
-// index (no connection uses WAL mode), there is nothing to lock.
+// transactions to end, or returns ctx's error.
+//
+// If the database has no WAL index yet, no connection uses it in WAL mode,
+// but the first one may be opening: it takes a SHARED lock on the database
+// file before it creates the index and reads the schema, and keeps that
+// lock while it stays open. So LockWAL takes the database's locks if they
+// are free, which keeps such a connection out, and otherwise tries again
+// (by then the index may exist). Without this, a first reader on a
+// replica could read a transaction half applied ("database disk image is
+// malformed").
 func (fs *FS) LockWAL(ctx context.Context, name string) (unlock func() error, err error) {
-	unlock, err = lockRange(ctx, filepath.Join(fs.Path, name+"-shm"), walLockStart, walLockBytes)
-	if errors.Is(err, os.ErrNotExist) {
-		return func() error { return nil }, nil
+	for {
+		unlock, err = lockRange(ctx, filepath.Join(fs.Path, name+"-shm"), walLockStart, walLockBytes)
+		if !errors.Is(err, os.ErrNotExist) {
+			return unlock, err
+		}
+		if unlock, err = tryLockRange(filepath.Join(fs.Path, name), pendingByte, lockBytes); err == nil || !errors.Is(err, errLocked) {
+			return unlock, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("lock %s: %w", name, context.Cause(ctx))
+		case <-time.After(time.Millisecond):
+		}
 	}
-	return unlock, err
+}
+
+// errLocked is returned by tryLockRange when another holds the range.
+var errLocked = errors.New("locked by another")
+
+// tryLockRange takes a write lock on n bytes at start of the file at path,
+// an open file description lock, if no one holds any of them; errLocked if
+// someone does.
+func tryLockRange(path string, start, n int64) (unlock func() error, err error) {
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", filepath.Base(path), &os.PathError{Op: "open", Path: path, Err: err})
+	}
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: start, Len: n}
+	for {
+		err = unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLK, &lk)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		_ = unix.Close(fd)
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
+			return nil, errLocked
+		}
+		return nil, fmt.Errorf("lock %s: %w", filepath.Base(path), err)
+	}
+	return func() error { return unix.Close(fd) }, nil
 }
 
 // lockRange takes a write lock on n bytes at start of the file at path, an
