@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/litefs-project/litefs/ltx"
-
 	gosqlite3 "github.com/mattn/go-sqlite3"
+
+	"github.com/litefs-project/litefs/ltx"
 )
 
 // Cluster is a primary and replicas on the static lease, each its own
