@@ -42,6 +42,11 @@ func (db *DB) WriteSnapshot(ctx context.Context, w io.Writer) (ltx.Header, check
 	)
 	img, err := db.readCommitted(ctx, "snapshot", func(img committedImage) error {
 		hdr = ltx.Header{PageSize: img.PageSize, Commit: img.PageN, MinTXID: 1, MaxTXID: img.Pos.TXID, Timestamp: time.Now().UnixMilli()}
+		// The stamp of the newest transaction it holds: a replica that
+		// applies it holds that one (see Store.Stamp).
+		if last := db.log.LastHeader(); last.MaxTXID == img.Pos.TXID {
+			hdr.Stamp = last.Stamp
+		}
 		var err error
 		enc, err = ltx.NewEncoder(w, hdr)
 		return err

@@ -67,9 +67,12 @@ type Role struct {
 	// HandoffTimeout bounds how long a handoff waits for its target.
 	HandoffTimeout time.Duration
 	// SyncReplicas is lease.sync-replicas: with it set, a candidate wins
-	// an election only if it saw the positions of that many other
-	// candidates and none was ahead (see elect).
+	// an election only if it saw the positions of enough other candidates
+	// (see ElectionQuorum) and none was ahead (see elect).
 	SyncReplicas int
+	// Candidates is lease.candidates: how many candidates the cluster
+	// has, the primary included; zero: at most 2*SyncReplicas+1.
+	Candidates int
 
 	self                  lease.Node
 	ttl, interval, margin time.Duration
@@ -131,6 +134,7 @@ func (r *Role) Begin(ctx context.Context) (bool, error) {
 	r.mu.Lock()
 	r.lease = l
 	r.mu.Unlock()
+	r.Store.SetTerm(l.Term())
 	r.Store.SetPrimary(true)
 	r.Store.SetFence(time.Time{})
 	return true, nil
@@ -250,6 +254,26 @@ func (r *Role) txids() map[string]uint64 {
 	return a
 }
 
+// position returns the node's position as the election compares it.
+func (r *Role) position() lease.Position {
+	return lease.Position{TXIDs: r.txids(), Stamp: uint64(r.Store.Stamp())}
+}
+
+// ElectionQuorum returns how many other candidates' positions a candidate
+// must see before it takes a free lease, with sync-replicas k (k > 0) and
+// n candidates in the cluster (0: at most 2k+1). An acknowledged
+// transaction is on k candidates besides the primary; when the primary
+// is gone, n-1 candidates remain, and a candidate that saw q others (q+1
+// positions with its own) saw one of those k whenever q+1+k > n-1, that
+// is q >= n-1-k. Seeing none ahead of it, it holds every acknowledged
+// transaction (see lease.Ahead and syncTracker). It is never below k.
+func ElectionQuorum(k, n int) int {
+	if k <= 0 {
+		return 0
+	}
+	return max(k, n-1-k)
+}
+
 // elect takes the free lease unless another candidate is ahead of this
 // node; handedOff skips the wait when the lease was handed to this node.
 func (r *Role) elect(ctx context.Context, handedOff bool) bool {
@@ -259,7 +283,7 @@ func (r *Role) elect(ctx context.Context, handedOff bool) bool {
 	if stopping {
 		return false
 	}
-	mine := r.txids()
+	mine := r.position()
 	if !handedOff {
 		if err := r.Leaser.Publish(ctx, mine); err != nil {
 			r.Logger.Warn("publish position for the election", slog.Any(LogKeyError, err))
@@ -277,18 +301,19 @@ func (r *Role) elect(ctx context.Context, handedOff bool) bool {
 				continue
 			}
 			others++
-			if lease.Ahead(c.TXIDs, mine) {
-				r.Logger.Info("no primary; another candidate has more transactions and should take the lease",
-					slog.String("candidate", c.Hostname), slog.Any("its_txids", c.TXIDs), slog.Any("txids", mine))
+			if lease.Ahead(c.Position(), mine) {
+				r.Logger.Info("no primary; another candidate has newer transactions and should take the lease",
+					slog.String("candidate", c.Hostname), slog.Any("its_txids", c.TXIDs), slog.String("its_stamp", ltx.Stamp(c.Stamp).String()),
+					slog.Any("txids", mine.TXIDs), slog.String("stamp", ltx.Stamp(mine.Stamp).String()))
 				return false
 			}
 		}
 		// With synchronous replication the acknowledged transactions are
 		// on sync-replicas candidates besides the dead primary: a
-		// candidate that heard from fewer may be missing them.
-		if r.SyncReplicas > 0 && others < r.SyncReplicas {
-			r.Logger.Info("no primary; waiting to hear from enough other candidates (lease.sync-replicas) before taking the lease, so that none holding acknowledged transactions is passed over",
-				slog.Int("heard_from", others), slog.Int("sync_replicas", r.SyncReplicas))
+		// candidate that heard from too few may be missing them.
+		if q := ElectionQuorum(r.SyncReplicas, r.Candidates); others < q {
+			r.Logger.Info("no primary; waiting to hear from enough other candidates (lease.sync-replicas, lease.candidates) before taking the lease, so that none holding acknowledged transactions is passed over",
+				slog.Int("heard_from", others), slog.Int("needed", q), slog.Int("sync_replicas", r.SyncReplicas))
 			return false
 		}
 	}
@@ -301,6 +326,22 @@ func (r *Role) elect(ctx context.Context, handedOff bool) bool {
 	}
 	r.promote(l)
 	return true
+}
+
+// term returns the term this node writes under with lease l: the
+// lease's. A term not above every term in the node's data means the
+// lease's store lost its state (a Consul server started anew): the node
+// then writes under the term after its data's, logs it, and elections
+// order transactions by terms only as far as every candidate saw them.
+func (r *Role) term(l lease.Lease) uint64 {
+	term, held := l.Term(), r.Store.Stamp().Term()
+	if term > held && term <= ltx.MaxTerm {
+		return term
+	}
+	next := min(held+1, ltx.MaxTerm)
+	r.Logger.Error("the lease's term is not above the terms of this node's data: its store lost its state or ran out of terms; writing under the next term after the data's",
+		slog.Uint64("lease_term", term), slog.Uint64("data_term", held), slog.Uint64("term", next))
+	return next
 }
 
 // fence returns the time from which the holder of l must stop writing.
@@ -318,6 +359,7 @@ func (r *Role) promote(l lease.Lease) {
 	defer r.mu.Unlock()
 	r.stopFollowing()
 	r.lease = l
+	r.Store.SetTerm(r.term(l))
 	r.Store.Promote(r.fence(l))
 	r.Logger.Info("this node is now the primary; SQLite connections it opened as a replica stay read-only, reopen them to write",
 		slog.Any("txids", r.txids()))

@@ -14,6 +14,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/litefs-project/litefs/checksum"
 	"github.com/litefs-project/litefs/ltx"
 )
 
@@ -167,23 +168,38 @@ func (s *Server) sendRound(ctx context.Context, st *streamWriter, sent map[strin
 }
 
 // sendOrdered is a round of the stream with lease.sync-replicas set: the
-// LTX files of every database go in the order their commits were
-// published (see syncTracker), up to the newest published when the round
-// began, so the replica, which applies in the order it receives, always
-// holds a prefix of the primary's commits across databases. Snapshots
-// (a replica whose history differs, or that the log no longer reaches)
-// go first and bring their database to the primary's position; files
-// published before every seq kept, or not through a commit (an import),
-// go right after their database's previous file. sent is kept up to
-// date.
+// LTX files of every database go in stamp order (see ltx.Stamp: the
+// order their commits were published, over every term), up to the
+// tracker's watermark when the round began, below which every commit is
+// published or given up, so the replica, which applies in the order it
+// receives, always holds a prefix of the primary's history across
+// databases. Snapshots (a replica whose history differs, or that the log
+// no longer reaches) take their place in that order too, by the stamp of
+// the newest transaction they hold: one that holds a transaction above
+// the watermark waits for the next round. Files without a stamp (from an
+// older version) go right after their database's previous file. sent is
+// kept up to date.
 func (s *Server) sendOrdered(ctx context.Context, st *streamWriter, t *syncTracker, sent map[string]ltx.Pos, logger *slog.Logger) error {
-	last := t.lastSeq()
 	type item struct {
-		seq  uint64
-		db   *DB
-		file ltx.FileInfo
+		stamp ltx.Stamp
+		db    *DB
+		file  ltx.FileInfo
+		snap  *snapshotFile // instead of file
 	}
 	var items []item
+	var plans []struct {
+		db   *DB
+		plan sendPlan
+	}
+	defer func() {
+		for _, it := range items {
+			if it.snap != nil {
+				_ = os.Remove(it.snap.path)
+			}
+		}
+	}()
+	// Snapshots are written before the watermark is read: what they hold
+	// is published by then.
 	for _, db := range s.Store.DBs() {
 		name, from := db.Name(), sent[db.Name()]
 		plan, err := planSend(db, from, true)
@@ -191,30 +207,62 @@ func (s *Server) sendOrdered(ctx context.Context, st *streamWriter, t *syncTrack
 			return fmt.Errorf("send %q: %w", name, err)
 		}
 		if plan.snapshot {
-			pos, err := s.sendDB(ctx, st, db, from, logger)
+			snap, err := s.writeSnapshot(ctx, db)
+			if err != nil {
+				return fmt.Errorf("send %q: %w", name, err)
+			}
+			snap.plan, snap.from = plan, from
+			items = append(items, item{stamp: snap.hdr.Stamp, db: db, snap: snap})
+			continue
+		}
+		plans = append(plans, struct {
+			db   *DB
+			plan sendPlan
+		}{db, plan})
+	}
+	last := t.watermark()
+	kept := items[:0]
+	for _, it := range items {
+		if it.stamp > last {
+			_ = os.Remove(it.snap.path) // holds a transaction not yet in order: next round
+			continue
+		}
+		kept = append(kept, it)
+	}
+	items = kept
+	gone := make(map[*DB]bool) // removed by retention meanwhile: a snapshot next round
+	for _, p := range plans {
+		prev := ltx.Stamp(0)
+		for _, f := range p.plan.files {
+			stamp, err := p.db.Log().Stamp(f)
+			if errors.Is(err, os.ErrNotExist) {
+				gone[p.db] = true
+				break
+			} else if err != nil {
+				return fmt.Errorf("send %q: %w", p.db.Name(), err)
+			}
+			stamp = max(stamp, prev)
+			if stamp > last {
+				break // published after the round began: the next round sends it
+			}
+			items = append(items, item{stamp: stamp, db: p.db, file: f})
+			prev = stamp
+		}
+	}
+	sort.SliceStable(items, func(i, j int) bool { return items[i].stamp < items[j].stamp })
+	for _, it := range items {
+		name := it.db.Name()
+		if it.snap != nil {
+			pos, err := s.sendSnapshotFile(st, it.db, it.snap, logger)
 			if err != nil {
 				return fmt.Errorf("send %q: %w", name, err)
 			}
 			sent[name] = pos
 			continue
 		}
-		prev := uint64(0)
-		for _, f := range plan.files {
-			seq := max(t.seqOf(name, f.MaxTXID), prev)
-			if seq > last {
-				break // published after the round began: the next round sends it
-			}
-			items = append(items, item{seq: seq, db: db, file: f})
-			prev = seq
-		}
-	}
-	sort.SliceStable(items, func(i, j int) bool { return items[i].seq < items[j].seq })
-	gone := make(map[*DB]bool) // removed by retention meanwhile: a snapshot next round
-	for _, it := range items {
 		if gone[it.db] {
 			continue
 		}
-		name := it.db.Name()
 		pos, err := s.sendLog(st, it.db, []ltx.FileInfo{it.file}, sent[name])
 		if errors.Is(err, os.ErrNotExist) {
 			gone[it.db] = true
@@ -336,14 +384,59 @@ func (s *Server) sendDB(ctx context.Context, st *streamWriter, db *DB, from ltx.
 		}
 		// Removed by retention meanwhile: a snapshot instead.
 	}
-	if plan.unknown {
-		logger.Warn("the log no longer reaches back to the replica's position, so it cannot tell whether the replica's history is the primary's; sending a snapshot, and the replica keeps its state aside",
-			slog.String(LogKeyDB, db.Name()), slog.String("replica_pos", from.String()), slog.String("pos", plan.cur.String()))
-	} else if plan.divergent {
-		logger.Warn("replica's history differs from the primary's; sending a snapshot",
-			slog.String(LogKeyDB, db.Name()), slog.String("replica_pos", from.String()), slog.String("pos", plan.cur.String()))
+	snap, err := s.writeSnapshot(ctx, db)
+	if err != nil {
+		return from, err
 	}
-	return s.sendSnapshot(ctx, st, db, plan.divergent)
+	defer os.Remove(snap.path)
+	snap.plan, snap.from = plan, from
+	return s.sendSnapshotFile(st, db, snap, logger)
+}
+
+// snapshotFile is a snapshot written for a replica, in the store's
+// temporary directory, and why it is sent.
+type snapshotFile struct {
+	path string
+	hdr  ltx.Header
+	post checksum.Checksum
+	plan sendPlan
+	from ltx.Pos
+}
+
+// writeSnapshot writes a snapshot of db to a temporary file, which the
+// caller removes.
+func (s *Server) writeSnapshot(ctx context.Context, db *DB) (*snapshotFile, error) {
+	f, err := os.CreateTemp(s.Store.TempDir(), "snapshot-*.ltx")
+	if err != nil {
+		return nil, err
+	}
+	snap := &snapshotFile{path: f.Name()}
+	defer f.Close()
+	if snap.hdr, snap.post, err = db.WriteSnapshot(ctx, f); err == nil {
+		err = f.Close()
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+		return nil, err
+	}
+	return snap, nil
+}
+
+// sendSnapshotFile sends a snapshot written by writeSnapshot and returns
+// the position sent.
+func (s *Server) sendSnapshotFile(st *streamWriter, db *DB, snap *snapshotFile, logger *slog.Logger) (ltx.Pos, error) {
+	if snap.plan.unknown {
+		logger.Warn("the log no longer reaches back to the replica's position, so it cannot tell whether the replica's history is the primary's; sending a snapshot, and the replica keeps its state aside",
+			slog.String(LogKeyDB, db.Name()), slog.String("replica_pos", snap.from.String()), slog.String("pos", snap.plan.cur.String()))
+	} else if snap.plan.divergent {
+		logger.Warn("replica's history differs from the primary's; sending a snapshot",
+			slog.String(LogKeyDB, db.Name()), slog.String("replica_pos", snap.from.String()), slog.String("pos", snap.plan.cur.String()))
+	}
+	if err := s.sendFile(st, snap.path, streamBegin{DB: db.Name(), Snapshot: true, Divergent: snap.plan.divergent}); err != nil {
+		return ltx.Pos{}, err
+	}
+	s.Store.Metrics.snapshotSent()
+	return ltx.Pos{TXID: snap.hdr.MaxTXID, Checksum: snap.post}, nil
 }
 
 // sendLog sends the LTX files of a plan and returns the position reached.
@@ -360,27 +453,6 @@ func (s *Server) sendLog(st *streamWriter, db *DB, files []ltx.FileInfo, from lt
 		from = ltx.Pos{TXID: f.MaxTXID, Checksum: post}
 	}
 	return from, nil
-}
-
-func (s *Server) sendSnapshot(ctx context.Context, st *streamWriter, db *DB, divergent bool) (ltx.Pos, error) {
-	f, err := os.CreateTemp(s.Store.TempDir(), "snapshot-*.ltx")
-	if err != nil {
-		return ltx.Pos{}, err
-	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	hdr, post, err := db.WriteSnapshot(ctx, f)
-	if err != nil {
-		return ltx.Pos{}, err
-	}
-	if err := f.Close(); err != nil {
-		return ltx.Pos{}, err
-	}
-	if err := s.sendFile(st, f.Name(), streamBegin{DB: db.Name(), Snapshot: true, Divergent: divergent}); err != nil {
-		return ltx.Pos{}, err
-	}
-	s.Store.Metrics.snapshotSent()
-	return ltx.Pos{TXID: hdr.MaxTXID, Checksum: post}, nil
 }
 
 // sendFile sends the file at path as begin, chunks and end frames.

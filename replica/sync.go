@@ -53,24 +53,18 @@ type syncTracker struct {
 	async    bool                          // fallen back to asynchronous replication
 	err      error                         // set while demoting: waiting commits fail with it
 
-	// Publish order: every commit gets the next seq as its position is
-	// published, under mu, and the stream sends files in that order (see
-	// Server.sendOrdered), so a candidate always holds a prefix of it and
-	// any two candidates' positions are ordered: one has everything the
-	// other has. The election's "more transactions" rule needs that.
-	seq   uint64
-	seqs  map[string]map[ltx.TXID]uint64 // db -> txid -> seq, the newest maxSeqs
-	order []seqKey                       // the same, oldest first, to forget the oldest
+	// Publish order: every commit reserves the next place (its stamp,
+	// see ltx.Stamp) before its LTX file is written, and the stream sends
+	// files in stamp order up to the watermark, below which every place
+	// is filled (published) or given up (see Server.sendOrdered). So a
+	// candidate always holds a prefix of the primary's history across
+	// databases, and any two candidates' positions are ordered by their
+	// newest stamps: the one with the newer stamp has everything the
+	// other has of every acknowledged transaction. The election needs it.
+	term    uint64                 // the lease term this primary writes under
+	seq     uint64                 // the last place given out
+	pending map[ltx.Stamp]struct{} // places reserved, not yet filled or given up
 }
-
-type seqKey struct {
-	db   string
-	txid ltx.TXID
-}
-
-// maxSeqs bounds how many commits' seqs are kept; older ones count as
-// published before every kept one.
-const maxSeqs = 1 << 16
 
 type syncWaiter struct {
 	db   string
@@ -86,14 +80,14 @@ func newSyncTracker(replicas int, timeout time.Duration, fallback string, logger
 	return &syncTracker{
 		replicas: replicas, timeout: timeout, fallback: fallback, logger: logger, metrics: m,
 		acks: make(map[string]map[string]ltx.Pos), released: make(map[string]ltx.Pos), latest: make(map[string]ltx.Pos),
-		seqs: make(map[string]map[ltx.TXID]uint64),
+		pending: make(map[ltx.Stamp]struct{}),
 	}
 }
 
-// reset starts a term as primary at positions: everything this node holds
-// counts as released, since it cannot tell which of it the previous
-// primary acknowledged.
-func (t *syncTracker) reset(positions map[string]ltx.Pos) {
+// reset starts a term as primary at positions, writing under the lease
+// term: everything this node holds counts as released, since it cannot
+// tell which of it the previous primary acknowledged.
+func (t *syncTracker) reset(positions map[string]ltx.Pos, term uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.acks = make(map[string]map[string]ltx.Pos)
@@ -101,39 +95,39 @@ func (t *syncTracker) reset(positions map[string]ltx.Pos) {
 	maps.Copy(t.released, positions)
 	maps.Copy(t.latest, positions)
 	t.async, t.err = false, nil
-	t.seqs, t.order = make(map[string]map[ltx.TXID]uint64), nil
+	t.term, t.seq, t.pending = term, 0, make(map[ltx.Stamp]struct{})
 	t.metrics.syncMode(false)
 }
 
-// seqOf returns the publish seq of database db's transaction txid; 0 for
-// one published before every seq kept (or not through the tracker).
-func (t *syncTracker) seqOf(db string, txid ltx.TXID) uint64 {
+// reserve returns the stamp of a commit about to be logged: the next
+// place in the publish order, which stays reserved, holding the watermark
+// below it, until the commit is published or cancelled.
+func (t *syncTracker) reserve() ltx.Stamp {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.seqs[db][txid]
-}
-
-// lastSeq returns the newest publish seq: every commit with a seq up to it
-// is published.
-func (t *syncTracker) lastSeq() uint64 {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.seq
-}
-
-// recordLocked gives database db's transaction txid the next seq. t.mu held.
-func (t *syncTracker) recordLocked(db string, txid ltx.TXID) {
 	t.seq++
-	if t.seqs[db] == nil {
-		t.seqs[db] = make(map[ltx.TXID]uint64)
+	s := ltx.NewStamp(t.term, t.seq)
+	t.pending[s] = struct{}{}
+	return s
+}
+
+// cancel gives up a reserved place: its commit was not logged.
+func (t *syncTracker) cancel(s ltx.Stamp) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.pending, s)
+}
+
+// watermark returns the stamp up to which every place in the publish
+// order is published or given up (and every earlier term's).
+func (t *syncTracker) watermark() ltx.Stamp {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	w := ltx.NewStamp(t.term, t.seq)
+	for s := range t.pending {
+		w = min(w, s-1)
 	}
-	t.seqs[db][txid] = t.seq
-	t.order = append(t.order, seqKey{db, txid})
-	if len(t.order) > maxSeqs {
-		old := t.order[0]
-		delete(t.seqs[old.db], old.txid)
-		t.order = t.order[1:]
-	}
+	return w
 }
 
 // abort fails every waiting commit with err, and those that start until
@@ -181,7 +175,6 @@ func (t *syncTracker) forget(db string) {
 	defer t.mu.Unlock()
 	delete(t.released, db)
 	delete(t.latest, db)
-	delete(t.seqs, db)
 	t.releaseLocked()
 }
 
@@ -244,17 +237,17 @@ func (t *syncTracker) releaseLocked() {
 	t.waiters = kept
 }
 
-// publish publishes the commit that moves database db from prev to pos
-// (publish makes the position visible), in publish order, and returns what
-// to wait on: nil in asynchronous mode, when the commit need not wait.
-// It fails if the node is stepping down.
-func (t *syncTracker) publish(db string, pos ltx.Pos, publish func()) (*syncWaiter, error) {
+// publish publishes the commit, stamped s, that moves database db to pos
+// (publish makes the position visible), and returns what to wait on: nil
+// in asynchronous mode, when the commit need not wait. It fails if the
+// node is stepping down; s's place is filled either way.
+func (t *syncTracker) publish(db string, pos ltx.Pos, s ltx.Stamp, publish func()) (*syncWaiter, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	delete(t.pending, s)
 	if t.err != nil {
 		return nil, t.err
 	}
-	t.recordLocked(db, pos.TXID)
 	t.latest[db] = pos
 	publish()
 	if t.async {
@@ -267,9 +260,10 @@ func (t *syncTracker) publish(db string, pos ltx.Pos, publish func()) (*syncWait
 	return w, nil
 }
 
-// wait publishes as publish does and waits as await does.
+// wait reserves a place, publishes as publish does and waits as await
+// does.
 func (t *syncTracker) wait(db string, prev, pos ltx.Pos) error {
-	w, err := t.publish(db, pos, func() {})
+	w, err := t.publish(db, pos, t.reserve(), func() {})
 	if err != nil || w == nil {
 		return err
 	}
@@ -319,7 +313,6 @@ func (t *syncTracker) await(w *syncWaiter, prev ltx.Pos) error {
 		return nil
 	}
 	t.latest[db] = prev
-	delete(t.seqs[db], pos.TXID)
 	return fmt.Errorf("%w: database %q txid %s, %d of %d candidates (waited %s)",
 		ErrSyncTimeout, db, pos.TXID, t.holders(map[string]ltx.Pos{db: pos}), t.replicas, t.timeout)
 }

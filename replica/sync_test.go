@@ -184,7 +184,7 @@ func TestSyncTracker(t *testing.T) {
 
 	t.Run("GroupCommit", func(t *testing.T) {
 		tr := newSyncTracker(1, 5*time.Second, SyncFallbackFail, logger, nil)
-		tr.reset(nil)
+		tr.reset(nil, 1)
 		done := make(chan error, 2)
 		go func() { done <- tr.wait("a", ltx.Pos{}, pos(1, 1)) }()
 		go func() { done <- tr.wait("b", ltx.Pos{}, pos(1, 2)) }()
@@ -212,7 +212,7 @@ func TestSyncTracker(t *testing.T) {
 
 	t.Run("HoldsEverythingReleased", func(t *testing.T) {
 		tr := newSyncTracker(1, 5*time.Second, SyncFallbackFail, logger, nil)
-		tr.reset(nil)
+		tr.reset(nil, 1)
 		// c1 releases a:1; c2 holds b:1 but not a:1, so it cannot release
 		// b:1: then no candidate would hold both.
 		tr.ack("c1", map[string]ltx.Pos{"a": pos(1, 1)})
@@ -228,7 +228,7 @@ func TestSyncTracker(t *testing.T) {
 
 	t.Run("OtherHistory", func(t *testing.T) {
 		tr := newSyncTracker(1, 100*time.Millisecond, SyncFallbackFail, logger, nil)
-		tr.reset(nil)
+		tr.reset(nil, 1)
 		// A candidate holding a taken-back transaction at the same TXID
 		// does not hold this one.
 		tr.ack("c1", map[string]ltx.Pos{"a": pos(1, 9)})
@@ -241,7 +241,7 @@ func TestSyncTracker(t *testing.T) {
 		tr := newSyncTracker(1, 100*time.Millisecond, SyncFallbackFail, logger, nil)
 		// A new primary counts what it holds as acknowledged: a candidate
 		// must hold it too before this term's commits count.
-		tr.reset(map[string]ltx.Pos{"a": pos(5, 5)})
+		tr.reset(map[string]ltx.Pos{"a": pos(5, 5)}, 1)
 		tr.ack("c1", map[string]ltx.Pos{"a": pos(4, 4), "b": pos(1, 1)})
 		if err := tr.wait("b", ltx.Pos{}, pos(1, 1)); !errors.Is(err, ErrSyncTimeout) {
 			t.Fatalf("wait: %v, want ErrSyncTimeout", err)
@@ -253,14 +253,22 @@ func TestRole_SyncElection(t *testing.T) {
 	for _, tt := range []struct {
 		name   string
 		sync   int
-		others map[string]map[string]uint64 // other candidates' published TXIDs
+		n      int                       // lease.candidates
+		others map[string]lease.Position // other candidates' published positions
 		want   bool
 	}{
-		{"AsyncAlone", 0, nil, true},
-		{"SyncAlone", 1, nil, false},
-		{"SyncHeardFromOne", 1, map[string]map[string]uint64{"b": {"a": 0}}, true},
-		{"SyncOtherAhead", 1, map[string]map[string]uint64{"b": {"a": 5}}, false},
-		{"SyncTwoHeardFromOne", 2, map[string]map[string]uint64{"b": {"a": 0}}, false},
+		{"AsyncAlone", 0, 0, nil, true},
+		{"SyncAlone", 1, 0, nil, false},
+		{"SyncHeardFromOne", 1, 0, map[string]lease.Position{"b": {TXIDs: map[string]uint64{"a": 0}}}, true},
+		{"SyncOtherAhead", 1, 0, map[string]lease.Position{"b": {TXIDs: map[string]uint64{"a": 5}}}, false},
+		// Equal TXIDs: the newer stamp (a later term) is ahead.
+		{"SyncOtherNewerTerm", 1, 0, map[string]lease.Position{"b": {TXIDs: map[string]uint64{}, Stamp: 2 << 40}}, false},
+		{"SyncTwoHeardFromOne", 2, 0, map[string]lease.Position{"b": {TXIDs: map[string]uint64{"a": 0}}}, false},
+		// Five candidates, sync-replicas 1: four remain when the primary
+		// is gone, and only hearing from three of them meets the one
+		// holding every acknowledged transaction for sure.
+		{"SyncFiveHeardFromTwo", 1, 5, map[string]lease.Position{"b": {}, "c": {}}, false},
+		{"SyncFiveHeardFromThree", 1, 5, map[string]lease.Position{"b": {}, "c": {}, "d": {}}, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			mem := lease.NewMemory()
@@ -271,13 +279,13 @@ func TestRole_SyncElection(t *testing.T) {
 			}
 			t.Cleanup(func() { _ = s.Close() })
 			s.SetPrimary(false)
-			for name, txids := range tt.others {
-				if err := mem.Leaser(lease.Node{Hostname: name, Candidate: true}, time.Second, 0).Publish(context.Background(), txids); err != nil {
+			for name, p := range tt.others {
+				if err := mem.Leaser(lease.Node{Hostname: name, Candidate: true}, time.Second, 0).Publish(context.Background(), p); err != nil {
 					t.Fatal(err)
 				}
 			}
 			r := NewRole(mem.Leaser(lease.Node{Hostname: "self", Candidate: true}, time.Second, 0), s, nil, nil)
-			r.SyncReplicas = tt.sync
+			r.SyncReplicas, r.Candidates = tt.sync, tt.n
 			if got := r.elect(context.Background(), false); got != tt.want {
 				t.Errorf("elected %v, want %v", got, tt.want)
 			}
