@@ -94,6 +94,8 @@ type Role struct {
 	changed     time.Time // when the key last changed while held by it
 	handoffSeen time.Time // when a lease handed to another node was seen
 	lastErr     time.Time
+
+	warnedCandidates int // the candidate count checkCandidates last logged
 }
 
 // NewRole returns the role manager of a node on leaser.
@@ -344,6 +346,32 @@ func (r *Role) term(l lease.Lease) uint64 {
 	return next
 }
 
+// checkCandidates logs, on a primary with sync-replicas set, when more
+// candidates are connected than elections were set up for (see
+// ElectionQuorum): an election could then pass over the candidates that
+// hold acknowledged transactions. Once per count seen.
+func (r *Role) checkCandidates() {
+	if r.SyncReplicas <= 0 {
+		return
+	}
+	n := 1 // this node
+	for _, c := range r.Cluster.Connected() {
+		if c.Candidate {
+			n++
+		}
+	}
+	limit := r.Candidates
+	if limit == 0 {
+		limit = 2*r.SyncReplicas + 1
+	}
+	if n <= limit || n == r.warnedCandidates {
+		return
+	}
+	r.warnedCandidates = n
+	r.Logger.Error("more candidates are connected than elections are set up for: after a crash, an election could pass over the candidates holding acknowledged transactions. Set lease.candidates on every node to the number of candidates",
+		slog.Int("candidates", n), slog.Int("lease_candidates", r.Candidates), slog.Int("sync_replicas", r.SyncReplicas))
+}
+
 // fence returns the time from which the holder of l must stop writing.
 func (r *Role) fence(l lease.Lease) time.Time {
 	d := l.Deadline()
@@ -404,6 +432,7 @@ func (r *Role) renewLoop(ctx context.Context) {
 		case err == nil:
 			r.Store.SetFence(fence)
 			r.mu.Unlock()
+			r.checkCandidates()
 			continue
 		case ctx.Err() != nil:
 			r.mu.Unlock()
