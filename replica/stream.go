@@ -61,6 +61,9 @@ type streamHello struct {
 type ackRequest struct {
 	Session   string            `json:"session"`
 	Positions map[string]string `json:"positions"` // db -> ltx.Pos.String()
+	// Stamp is the candidate's newest stamp (Store.Stamp): with an older
+	// stamp than a commit's, it does not count for that commit.
+	Stamp uint64 `json:"stamp"`
 }
 
 // streamHeartbeat says the primary is alive and where its databases are.

@@ -264,7 +264,7 @@ func (c *StreamClient) startAcker(ctx context.Context, session string) *acker {
 				return
 			case <-a.ch:
 			}
-			req := ackRequest{Session: session, Positions: make(map[string]string)}
+			req := ackRequest{Session: session, Positions: make(map[string]string), Stamp: uint64(c.Store.Stamp())}
 			for _, db := range c.Store.DBs() {
 				req.Positions[db.Name()] = db.Pos().String()
 			}

@@ -171,35 +171,23 @@ func (s *Server) sendRound(ctx context.Context, st *streamWriter, sent map[strin
 // LTX files of every database go in stamp order (see ltx.Stamp: the
 // order their commits were published, over every term), up to the
 // tracker's watermark when the round began, below which every commit is
-// published or given up, so the replica, which applies in the order it
-// receives, always holds a prefix of the primary's history across
-// databases. Snapshots (a replica whose history differs, or that the log
-// no longer reaches) take their place in that order too, by the stamp of
-// the newest transaction they hold: one that holds a transaction above
-// the watermark waits for the next round. Files without a stamp (from an
-// older version) go right after their database's previous file. sent is
-// kept up to date.
+// published or given up. The replica applies in the order it receives,
+// so it holds every transaction of the primary's history stamped up to
+// its own stamp (Store.Stamp: the newest stamp it holds), which is what
+// elections compare. Snapshots (a replica whose history differs, or that
+// the log no longer reaches) go first and carry no stamp: one brings its
+// database past transactions of other databases the replica has yet to
+// receive, and its stamp would claim them too. Files without a stamp
+// (from an older version) go right after their database's previous file.
+// sent is kept up to date.
 func (s *Server) sendOrdered(ctx context.Context, st *streamWriter, t *syncTracker, sent map[string]ltx.Pos, logger *slog.Logger) error {
 	type item struct {
 		stamp ltx.Stamp
 		db    *DB
 		file  ltx.FileInfo
-		snap  *snapshotFile // instead of file
 	}
 	var items []item
-	var plans []struct {
-		db   *DB
-		plan sendPlan
-	}
-	defer func() {
-		for _, it := range items {
-			if it.snap != nil {
-				_ = os.Remove(it.snap.path)
-			}
-		}
-	}()
-	// Snapshots are written before the watermark is read: what they hold
-	// is published by then.
+	last := t.watermark()
 	for _, db := range s.Store.DBs() {
 		name, from := db.Name(), sent[db.Name()]
 		plan, err := planSend(db, from, true)
@@ -207,62 +195,42 @@ func (s *Server) sendOrdered(ctx context.Context, st *streamWriter, t *syncTrack
 			return fmt.Errorf("send %q: %w", name, err)
 		}
 		if plan.snapshot {
-			snap, err := s.writeSnapshot(ctx, db)
+			snap, err := s.writeSnapshot(ctx, db, snapshotUnstamped)
 			if err != nil {
 				return fmt.Errorf("send %q: %w", name, err)
 			}
 			snap.plan, snap.from = plan, from
-			items = append(items, item{stamp: snap.hdr.Stamp, db: db, snap: snap})
-			continue
+			pos, err := s.sendSnapshotFile(st, db, snap, logger)
+			_ = os.Remove(snap.path)
+			if err != nil {
+				return fmt.Errorf("send %q: %w", name, err)
+			}
+			sent[name] = pos
+			continue // its files after the snapshot: next round
 		}
-		plans = append(plans, struct {
-			db   *DB
-			plan sendPlan
-		}{db, plan})
-	}
-	last := t.watermark()
-	kept := items[:0]
-	for _, it := range items {
-		if it.stamp > last {
-			_ = os.Remove(it.snap.path) // holds a transaction not yet in order: next round
-			continue
-		}
-		kept = append(kept, it)
-	}
-	items = kept
-	gone := make(map[*DB]bool) // removed by retention meanwhile: a snapshot next round
-	for _, p := range plans {
 		prev := ltx.Stamp(0)
-		for _, f := range p.plan.files {
-			stamp, err := p.db.Log().Stamp(f)
+		for _, f := range plan.files {
+			stamp, err := db.Log().Stamp(f)
 			if errors.Is(err, os.ErrNotExist) {
-				gone[p.db] = true
-				break
+				break // removed by retention meanwhile: a snapshot next round
 			} else if err != nil {
-				return fmt.Errorf("send %q: %w", p.db.Name(), err)
+				return fmt.Errorf("send %q: %w", name, err)
 			}
 			stamp = max(stamp, prev)
 			if stamp > last {
 				break // published after the round began: the next round sends it
 			}
-			items = append(items, item{stamp: stamp, db: p.db, file: f})
+			items = append(items, item{stamp: stamp, db: db, file: f})
 			prev = stamp
 		}
 	}
 	sort.SliceStable(items, func(i, j int) bool { return items[i].stamp < items[j].stamp })
+	gone := make(map[*DB]bool) // removed by retention meanwhile: a snapshot next round
 	for _, it := range items {
-		name := it.db.Name()
-		if it.snap != nil {
-			pos, err := s.sendSnapshotFile(st, it.db, it.snap, logger)
-			if err != nil {
-				return fmt.Errorf("send %q: %w", name, err)
-			}
-			sent[name] = pos
-			continue
-		}
 		if gone[it.db] {
 			continue
 		}
+		name := it.db.Name()
 		pos, err := s.sendLog(st, it.db, []ltx.FileInfo{it.file}, sent[name])
 		if errors.Is(err, os.ErrNotExist) {
 			gone[it.db] = true
@@ -384,7 +352,7 @@ func (s *Server) sendDB(ctx context.Context, st *streamWriter, db *DB, from ltx.
 		}
 		// Removed by retention meanwhile: a snapshot instead.
 	}
-	snap, err := s.writeSnapshot(ctx, db)
+	snap, err := s.writeSnapshot(ctx, db, snapshotStamped)
 	if err != nil {
 		return from, err
 	}
@@ -405,14 +373,14 @@ type snapshotFile struct {
 
 // writeSnapshot writes a snapshot of db to a temporary file, which the
 // caller removes.
-func (s *Server) writeSnapshot(ctx context.Context, db *DB) (*snapshotFile, error) {
+func (s *Server) writeSnapshot(ctx context.Context, db *DB, stamping snapshotStamp) (*snapshotFile, error) {
 	f, err := os.CreateTemp(s.Store.TempDir(), "snapshot-*.ltx")
 	if err != nil {
 		return nil, err
 	}
 	snap := &snapshotFile{path: f.Name()}
 	defer f.Close()
-	if snap.hdr, snap.post, err = db.WriteSnapshot(ctx, f); err == nil {
+	if snap.hdr, snap.post, err = db.writeSnapshot(ctx, f, stamping); err == nil {
 		err = f.Close()
 	}
 	if err != nil {

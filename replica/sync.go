@@ -46,9 +46,16 @@ type syncTracker struct {
 	metrics  *Metrics
 
 	mu       sync.Mutex
-	acks     map[string]map[string]ltx.Pos // stream session -> what that candidate holds
-	released map[string]ltx.Pos            // db -> newest released (or inherited) position
-	latest   map[string]ltx.Pos            // db -> newest committed position
+	acks     map[string]syncAck // stream session -> what that candidate holds
+	released map[string]ltx.Pos // db -> newest released (or inherited) position
+	latest   map[string]ltx.Pos // db -> newest committed position
+	// The newest stamps released and committed. A candidate counts for a
+	// commit only if its own stamp (Store.Stamp, what the election
+	// compares) is at least the commit's: a candidate that holds a commit
+	// by a snapshot (which carries no stamp, see sendOrdered) but has not
+	// yet received a newer file would otherwise be a holder an election
+	// could pass over.
+	releasedStamp, latestStamp ltx.Stamp
 	waiters  []*syncWaiter                 // in commit order
 	async    bool                          // fallen back to asynchronous replication
 	err      error                         // set while demoting: waiting commits fail with it
@@ -66,9 +73,16 @@ type syncTracker struct {
 	pending map[ltx.Stamp]struct{} // places reserved, not yet filled or given up
 }
 
+// syncAck is what a candidate reported holding.
+type syncAck struct {
+	pos   map[string]ltx.Pos
+	stamp ltx.Stamp
+}
+
 type syncWaiter struct {
-	db   string
-	pos  ltx.Pos
+	db    string
+	pos   ltx.Pos
+	stamp ltx.Stamp
 	done chan struct{} // closed when released or aborted
 	err  error         // why it was aborted
 }
@@ -79,7 +93,7 @@ func newSyncTracker(replicas int, timeout time.Duration, fallback string, logger
 	}
 	return &syncTracker{
 		replicas: replicas, timeout: timeout, fallback: fallback, logger: logger, metrics: m,
-		acks: make(map[string]map[string]ltx.Pos), released: make(map[string]ltx.Pos), latest: make(map[string]ltx.Pos),
+		acks: make(map[string]syncAck), released: make(map[string]ltx.Pos), latest: make(map[string]ltx.Pos),
 		pending: make(map[ltx.Stamp]struct{}),
 	}
 }
@@ -90,8 +104,9 @@ func newSyncTracker(replicas int, timeout time.Duration, fallback string, logger
 func (t *syncTracker) reset(positions map[string]ltx.Pos, term uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.acks = make(map[string]map[string]ltx.Pos)
+	t.acks = make(map[string]syncAck)
 	t.released, t.latest = make(map[string]ltx.Pos), make(map[string]ltx.Pos)
+	t.releasedStamp, t.latestStamp = 0, 0
 	maps.Copy(t.released, positions)
 	maps.Copy(t.latest, positions)
 	t.async, t.err = false, nil
@@ -154,11 +169,12 @@ func (t *syncTracker) mode() string {
 }
 
 // ack records that the candidate on stream session holds positions
-// durably, and releases the commits that now may return.
-func (t *syncTracker) ack(session string, positions map[string]ltx.Pos) {
+// durably, with stamp its newest (see Store.Stamp), and releases the
+// commits that now may return.
+func (t *syncTracker) ack(session string, positions map[string]ltx.Pos, stamp ltx.Stamp) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.acks[session] = positions
+	t.acks[session] = syncAck{pos: positions, stamp: stamp}
 	t.releaseLocked()
 }
 
@@ -196,11 +212,12 @@ func covers(have, want map[string]ltx.Pos) bool {
 	return true
 }
 
-// holders counts the candidates holding every position in want.
-func (t *syncTracker) holders(want map[string]ltx.Pos) int {
+// holders counts the candidates holding every position in want, with a
+// stamp of at least stamp.
+func (t *syncTracker) holders(want map[string]ltx.Pos, stamp ltx.Stamp) int {
 	n := 0
 	for _, have := range t.acks {
-		if covers(have, want) {
+		if have.stamp >= stamp && covers(have.pos, want) {
 			n++
 		}
 	}
@@ -213,9 +230,9 @@ func (t *syncTracker) holders(want map[string]ltx.Pos) int {
 // committed position. t.mu held.
 func (t *syncTracker) releaseLocked() {
 	if t.async {
-		if t.holders(t.latest) >= t.replicas {
+		if t.holders(t.latest, t.latestStamp) >= t.replicas {
 			t.async = false
-			t.released = maps.Clone(t.latest)
+			t.released, t.releasedStamp = maps.Clone(t.latest), t.latestStamp
 			t.metrics.syncMode(false)
 			t.logger.Warn("a candidate caught up: replication is synchronous again; commits wait for candidates' acknowledgements",
 				slog.Int("sync_replicas", t.replicas))
@@ -226,8 +243,9 @@ func (t *syncTracker) releaseLocked() {
 	for _, w := range t.waiters {
 		want := maps.Clone(t.released)
 		want[w.db] = w.pos
-		if t.holders(want) >= t.replicas {
-			t.released = want
+		stamp := max(t.releasedStamp, w.stamp)
+		if t.holders(want, stamp) >= t.replicas {
+			t.released, t.releasedStamp = want, stamp
 			close(w.done)
 			continue
 		}
@@ -249,12 +267,13 @@ func (t *syncTracker) publish(db string, pos ltx.Pos, s ltx.Stamp, publish func(
 		return nil, t.err
 	}
 	t.latest[db] = pos
+	t.latestStamp = max(t.latestStamp, s)
 	publish()
 	if t.async {
 		t.releaseLocked() // the new position may be what a candidate already holds
 		return nil, nil
 	}
-	w := &syncWaiter{db: db, pos: pos, done: make(chan struct{})}
+	w := &syncWaiter{db: db, pos: pos, stamp: s, done: make(chan struct{})}
 	t.waiters = append(t.waiters, w)
 	t.releaseLocked()
 	return w, nil
@@ -314,5 +333,5 @@ func (t *syncTracker) await(w *syncWaiter, prev ltx.Pos) error {
 	}
 	t.latest[db] = prev
 	return fmt.Errorf("%w: database %q txid %s, %d of %d candidates (waited %s)",
-		ErrSyncTimeout, db, pos.TXID, t.holders(map[string]ltx.Pos{db: pos}), t.replicas, t.timeout)
+		ErrSyncTimeout, db, pos.TXID, t.holders(map[string]ltx.Pos{db: pos}, w.stamp), t.replicas, t.timeout)
 }
