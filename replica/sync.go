@@ -56,9 +56,9 @@ type syncTracker struct {
 	// yet received a newer file would otherwise be a holder an election
 	// could pass over.
 	releasedStamp, latestStamp ltx.Stamp
-	waiters  []*syncWaiter                 // in commit order
-	async    bool                          // fallen back to asynchronous replication
-	err      error                         // set while demoting: waiting commits fail with it
+	waiters                    []*syncWaiter // in commit order
+	async                      bool          // fallen back to asynchronous replication
+	err                        error         // set while demoting: waiting commits fail with it
 
 	// Publish order: every commit reserves the next place (its stamp,
 	// see ltx.Stamp) before its LTX file is written, and the stream sends
@@ -83,8 +83,8 @@ type syncWaiter struct {
 	db    string
 	pos   ltx.Pos
 	stamp ltx.Stamp
-	done chan struct{} // closed when released or aborted
-	err  error         // why it was aborted
+	done  chan struct{} // closed when released or aborted
+	err   error         // why it was aborted
 }
 
 func newSyncTracker(replicas int, timeout time.Duration, fallback string, logger *slog.Logger, m *Metrics) *syncTracker {
