@@ -169,6 +169,7 @@ func (c *Consul) Watch(ctx context.Context, index uint64, wait time.Duration) (S
 	if pair == nil {
 		return st, nil
 	}
+	st.Term = pair.LockIndex
 	var v consulValue
 	if len(pair.Value) > 0 {
 		if err := json.Unmarshal(pair.Value, &v); err != nil {
@@ -207,7 +208,7 @@ func (c *Consul) Publish(ctx context.Context, pos Position) error {
 	if err != nil {
 		return err
 	}
-	b, err := json.Marshal(Candidate{Hostname: c.Hostname, AdvertiseURL: c.AdvertiseURL, TXIDs: pos.TXIDs, Stamp: pos.Stamp, TimeMS: time.Now().UnixMilli()})
+	b, err := json.Marshal(Candidate{Hostname: c.Hostname, AdvertiseURL: c.AdvertiseURL, TXIDs: pos.TXIDs, Stamp: pos.Stamp, Election: pos.Election, TimeMS: time.Now().UnixMilli()})
 	if err != nil {
 		return err
 	}

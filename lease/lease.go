@@ -43,11 +43,19 @@ type State struct {
 	Session   string      // the holder's session, "" when the lease is free
 	HandoffTo string      // on a free lease: the candidate it was handed to
 	Index     uint64      // the lease's version, for the next Watch
+	// Term is the term of the lease last taken (see Lease.Term), held or
+	// not: while the lease is free, the term that ended. An election is
+	// among the candidates that saw the same one.
+	Term uint64
 }
 
 // Position is how far a node's data goes, as the election compares it.
 type Position struct {
-	TXIDs map[string]uint64 // database -> TXID
+	// Election is the term of the lease that ended (State.Term) when the
+	// node published: positions published in an earlier election, before
+	// another primary's term, are not compared.
+	Election uint64
+	TXIDs    map[string]uint64 // database -> TXID
 	// Stamp is the newest stamp (see ltx.Stamp: lease term and publish
 	// order) of the transactions the node holds; zero if unknown.
 	Stamp uint64
@@ -60,11 +68,14 @@ type Candidate struct {
 	AdvertiseURL string            `json:"advertise-url"`
 	TXIDs        map[string]uint64 `json:"txids"` // database -> TXID
 	Stamp        uint64            `json:"stamp,omitempty"`
+	Election     uint64            `json:"election,omitempty"`
 	TimeMS       int64             `json:"time-ms"`
 }
 
 // Position returns the candidate's published position.
-func (c Candidate) Position() Position { return Position{TXIDs: c.TXIDs, Stamp: c.Stamp} }
+func (c Candidate) Position() Position {
+	return Position{Election: c.Election, TXIDs: c.TXIDs, Stamp: c.Stamp}
+}
 
 // Leaser hands out the primary lease. The node's role manager
 // (replica.Role) is written against it, so every lease takes the same

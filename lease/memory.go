@@ -131,7 +131,7 @@ func (l *MemoryLeaser) Acquire(ctx context.Context) (Lease, error) {
 }
 
 func (m *Memory) state() State {
-	st := State{Index: m.index}
+	st := State{Index: m.index, Term: m.lockIndex}
 	if m.holder != nil {
 		st.Session, st.Primary = m.holder.id, m.value.primary
 	} else {
@@ -179,7 +179,7 @@ func (l *MemoryLeaser) Publish(ctx context.Context, pos Position) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.candidates[l.node.Hostname] = Candidate{Hostname: l.node.Hostname, AdvertiseURL: l.node.AdvertiseURL,
-		TXIDs: pos.TXIDs, Stamp: pos.Stamp, TimeMS: time.Now().UnixMilli()}
+		TXIDs: pos.TXIDs, Stamp: pos.Stamp, Election: pos.Election, TimeMS: time.Now().UnixMilli()}
 	return nil
 }
 

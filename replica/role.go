@@ -15,9 +15,9 @@ import (
 const DefaultHandoffTimeout = 5 * time.Second
 
 const (
-	// electionWait is how long a candidate waits, after publishing its
-	// position, for the other candidates to publish theirs.
-	electionWait = 200 * time.Millisecond
+	// defaultElectionWait is how long a candidate waits, after
+	// publishing its position, for the other candidates to publish theirs.
+	defaultElectionWait = 200 * time.Millisecond
 	// candidateFresh is how recent a published position must be to count.
 	candidateFresh = 3 * time.Second
 	// handoffGrace is how long other candidates leave a lease handed to
@@ -76,6 +76,7 @@ type Role struct {
 
 	self                  lease.Node
 	ttl, interval, margin time.Duration
+	electionWait          time.Duration // see defaultElectionWait
 
 	// mu serialises role changes: renewals, handoffs and promotions.
 	mu        sync.Mutex
@@ -110,6 +111,7 @@ func NewRole(leaser lease.Leaser, store *Store, gate WriteGate, cluster Cluster)
 		HandoffTimeout: DefaultHandoffTimeout,
 		self:           leaser.Self(),
 		ttl:            ttl,
+		electionWait:   defaultElectionWait,
 		interval:       interval,
 		// The primary stops writing this long before its lease could
 		// expire; candidates wait the full TTL after the last renewal
@@ -232,7 +234,7 @@ func (r *Role) Step(ctx context.Context) {
 			return // the lease is meant for another candidate
 		}
 	}
-	if !r.elect(ctx, st.HandoffTo == r.self.Hostname) {
+	if !r.elect(ctx, st.HandoffTo == r.self.Hostname, st.Term) {
 		r.index = 0 // look again soon: the lock delay may be passing
 		sleep(ctx, 50*time.Millisecond)
 	}
@@ -278,7 +280,10 @@ func ElectionQuorum(k, n int) int {
 
 // elect takes the free lease unless another candidate is ahead of this
 // node; handedOff skips the wait when the lease was handed to this node.
-func (r *Role) elect(ctx context.Context, handedOff bool) bool {
+// ended is the term of the lease that ended (lease.State.Term): only
+// positions published since then count, since a candidate's position from
+// an earlier election leaves out what it received from the primary since.
+func (r *Role) elect(ctx context.Context, handedOff bool, ended uint64) bool {
 	r.mu.Lock()
 	stopping := r.stopping
 	r.mu.Unlock()
@@ -286,12 +291,13 @@ func (r *Role) elect(ctx context.Context, handedOff bool) bool {
 		return false
 	}
 	mine := r.position()
+	mine.Election = ended
 	if !handedOff {
 		if err := r.Leaser.Publish(ctx, mine); err != nil {
 			r.Logger.Warn("publish position for the election", slog.Any(LogKeyError, err))
 			return false
 		}
-		sleep(ctx, electionWait)
+		sleep(ctx, r.electionWait)
 		cands, err := r.Leaser.Candidates(ctx, time.Now().Add(-candidateFresh))
 		if err != nil {
 			r.Logger.Warn("read the other candidates' positions", slog.Any(LogKeyError, err))
@@ -299,7 +305,7 @@ func (r *Role) elect(ctx context.Context, handedOff bool) bool {
 		}
 		others := 0
 		for _, c := range cands {
-			if c.Hostname == r.self.Hostname {
+			if c.Hostname == r.self.Hostname || c.Election != ended {
 				continue
 			}
 			others++

@@ -303,7 +303,7 @@ func TestRole_SyncElection(t *testing.T) {
 			}
 			r := NewRole(mem.Leaser(lease.Node{Hostname: "self", Candidate: true}, time.Second, 0), s, nil, nil)
 			r.SyncReplicas, r.Candidates = tt.sync, tt.n
-			if got := r.elect(context.Background(), false); got != tt.want {
+			if got := r.elect(context.Background(), false, 0); got != tt.want {
 				t.Errorf("elected %v, want %v", got, tt.want)
 			}
 			if got := s.IsPrimary(); got != tt.want {
