@@ -404,6 +404,25 @@ func (s *Store) setPrimaryPositions(pos map[string]ltx.Pos) {
 	s.updateLag()
 }
 
+// notePrimaryPositions records the primary's positions as a stream
+// starts (its hello), before its history check: it records that the
+// replica is behind, if it is, but never that it caught up (a history
+// that differs at the same TXIDs is replaced first).
+func (s *Store) notePrimaryPositions(pos map[string]ltx.Pos) {
+	behind := false
+	for name, p := range pos {
+		if db := s.DB(name); p.TXID > 0 && (db == nil || db.Pos().TXID < p.TXID) {
+			behind = true
+		}
+	}
+	s.roleMu.Lock()
+	defer s.roleMu.Unlock()
+	s.primaryPos = pos
+	if behind {
+		s.caughtUp = false
+	}
+}
+
 // updateLag records whether every database has reached the position the
 // primary last reported.
 func (s *Store) updateLag() {

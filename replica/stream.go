@@ -54,6 +54,11 @@ type streamHello struct {
 	// replica is a candidate).
 	Session string `json:"session,omitempty"`
 	Acks    bool   `json:"acks,omitempty"`
+	// Positions are the primary's positions as the stream starts, as in
+	// heartbeats: a replica learns at once how far behind it is, before
+	// the files that bring it up, which it may fail to apply (a full
+	// disk) or wait to (readers).
+	Positions map[string]string `json:"positions,omitempty"`
 }
 
 // ackRequest is the body of POST /ack: the positions a candidate holds

@@ -63,7 +63,8 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	st := &streamWriter{w: w, flusher: flusher}
-	hello := streamHello{Hostname: s.Hostname, ProxyURL: s.ProxyURL, Session: session, Acks: req.Candidate && s.Store.syncTracker() != nil}
+	hello := streamHello{Hostname: s.Hostname, ProxyURL: s.ProxyURL, Session: session, Acks: req.Candidate && s.Store.syncTracker() != nil,
+		Positions: s.positions()}
 	err := s.stream(r.Context(), st, &req, hello, sent, logger)
 	if err != nil && r.Context().Err() == nil {
 		logger.Warn("replication stream ended", slog.Any(LogKeyError, err))
