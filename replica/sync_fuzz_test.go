@@ -28,6 +28,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -49,6 +50,12 @@ func FuzzSyncFailover(f *testing.F) {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		hang := time.AfterFunc(20*time.Second, func() {
+			buf := make([]byte, 1<<22)
+			n := runtime.Stack(buf, true)
+			_ = os.WriteFile("/tmp/sf-hang.txt", append([]byte(fmt.Sprintf("%q\n", data)), buf[:n]...), 0o644)
+		})
+		t.Cleanup(func() { hang.Stop() }) // runs after the harness's own cleanup
 		h := newSfHarness(t, data)
 		h.run()
 	})
@@ -251,6 +258,7 @@ func (h *sfHarness) pickReplica(b byte) int {
 type sfCommit struct {
 	db        string
 	prev, pos ltx.Pos
+	old       []byte // page 1 before: what SQLite's rollback writes back
 	done      chan error
 }
 
@@ -272,13 +280,19 @@ func (h *sfHarness) startCommit(name string) *sfCommit {
 	binary.BigEndian.PutUint16(p[16:], sfPageSize)
 	binary.BigEndian.PutUint32(p[28:], 1)
 	binary.BigEndian.PutUint32(p[sfPageSize-4:], h.counter)
+	old := make([]byte, sfPageSize)
+	if db.Pos().TXID > 0 {
+		if _, err := db.ReadAt(old, 0); err != nil {
+			h.fatalf("read page: %v", err)
+		}
+	}
 	if err := os.WriteFile(db.JournalPath(), []byte("journal"), 0o644); err != nil {
 		h.fatalf("write journal: %v", err)
 	}
 	if _, err := db.WriteAt(p, 0); err != nil {
 		h.fatalf("write page: %v", err)
 	}
-	c := &sfCommit{db: name, prev: db.Pos(), done: make(chan error, 1)}
+	c := &sfCommit{db: name, prev: db.Pos(), old: old, done: make(chan error, 1)}
 	go func() { c.done <- db.RemoveJournal() }()
 	for i := 0; i < 5000; i++ {
 		changed := s.Changed()
@@ -332,9 +346,13 @@ func (h *sfHarness) opAcked(o byte) {
 	}
 	name := sfDBs[o&1]
 	h.tracef("commit to %q, acknowledged by node %d", name, r)
+	// A snapshot waits for a commit of its database that waits for
+	// acknowledgements (until it times out): the candidate to acknowledge
+	// is brought up first.
+	h.deliver(r, -1)
 	h.commit(name, func(c *sfCommit) {
 		h.deliver(r, -1)
-		if other := h.pickReplica(o>>1 + 1); other != r && other >= 0 && o&0x40 != 0 {
+		if other := h.pickReplica(o>>1 + 1); other != r && other >= 0 && o&0x40 != 0 && !h.needsSnapshot(other, name) {
 			h.deliver(other, int(o>>4)%3)
 		}
 		h.ack(r)
@@ -368,8 +386,20 @@ func (h *sfHarness) opTimeout(o byte) {
 	if !errors.Is(err, ErrSyncTimeout) {
 		h.fatalf("commit of %q at %s: %v, want ErrSyncTimeout", name, c.pos, err)
 	}
-	if got := h.nodes[h.primary].store.DB(name).Pos(); got != c.prev {
+	db := h.nodes[h.primary].store.DB(name)
+	if got := db.Pos(); got != c.prev {
 		h.fatalf("taken-back commit of %q: position %s, want %s", name, got, c.prev)
+	}
+	// SQLite rolls the transaction back from its journal: the page as it
+	// was, the journal deleted, which commits nothing.
+	if _, err := db.WriteAt(c.old, 0); err != nil {
+		h.fatalf("roll back: %v", err)
+	}
+	if err := db.RemoveJournal(); err != nil {
+		h.fatalf("roll back: %v", err)
+	}
+	if got := db.Pos(); got != c.prev {
+		h.fatalf("rolled-back commit of %q: position %s, want %s", name, got, c.prev)
 	}
 	h.tracef("commit to %q at %s taken back (node %d received it: %v)", name, c.pos, r, r >= 0 && o&0x20 != 0)
 }
@@ -379,7 +409,7 @@ func (h *sfHarness) opTimeout(o byte) {
 func (h *sfHarness) opCrashMid(o byte) {
 	name := sfDBs[o&1]
 	c := h.startCommit(name)
-	if r := h.pickReplica(o >> 1); r >= 0 && o&0x20 != 0 {
+	if r := h.pickReplica(o >> 1); r >= 0 && o&0x20 != 0 && !h.needsSnapshot(r, name) {
 		h.deliver(r, int(o>>6)-1)
 	}
 	old := h.primary
@@ -623,6 +653,20 @@ func (h *sfHarness) deliver(r, limit int) {
 	if in != nil {
 		in.discard()
 	}
+}
+
+// needsSnapshot reports whether the primary would send replica r a
+// snapshot of database name.
+func (h *sfHarness) needsSnapshot(r int, name string) bool {
+	var from ltx.Pos
+	if db := h.nodes[r].store.DB(name); db != nil {
+		from = db.Pos()
+	}
+	plan, err := planSend(h.nodes[h.primary].store.DB(name), from, true)
+	if err != nil {
+		h.fatalf("plan: %v", err)
+	}
+	return plan.snapshot
 }
 
 // ack acknowledges to the primary, as replica r's stream would, what r
