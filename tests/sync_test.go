@@ -78,6 +78,79 @@ func TestSync_CrashFailovers(t *testing.T) {
 		rounds, acked, elections[len(elections)/2].Round(time.Millisecond), elections[len(elections)-1].Round(time.Millisecond))
 }
 
+// TestSync_CrashAfterUnreplicatedCommit holds every candidate behind (a
+// read transaction on each keeps its rollback-journal database
+// SHARED-locked, so the stream's file waits to be applied, and is never
+// acknowledged), commits on the primary, and kills it. With sync-replicas
+// 1 the COMMIT fails after sync-timeout, so the new primary, which lacks
+// the row, has every acknowledged one. The same steps without
+// sync-replicas show what it prevents: the COMMIT returns, and the
+// acknowledged row is lost with the primary.
+func TestSync_CrashAfterUnreplicatedCommit(t *testing.T) {
+	for _, tt := range []struct {
+		name, lease string
+		sync        bool
+	}{
+		{"Sync", "  sync-replicas: 1\n  sync-timeout: 1s\n", true},
+		{"Async", "", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := startConsulClusterWith(t, 3, litefsBin, syncLease(tt.lease))
+			p := c.WaitPrimary(t, 15*time.Second)
+			mustSQLite3(t, p.Path("s"), "CREATE TABLE t(id INTEGER PRIMARY KEY, node TEXT); INSERT INTO t VALUES(1, 'first');")
+			c.WaitConverged(t, "s")
+			acks := []ack{{id: 1}}
+			var readers []*sql.Tx
+			for _, n := range c.Nodes {
+				if n == p {
+					continue
+				}
+				db := n.OpenDB("s", "DELETE")
+				db.SetMaxOpenConns(1)
+				tx, err := db.Begin()
+				if err != nil {
+					t.Fatal(err)
+				}
+				var k int
+				if err := tx.QueryRow(`SELECT count(*) FROM t`).Scan(&k); err != nil || k != 1 {
+					t.Fatalf("read on %s: %d %v", n.Name, k, err)
+				}
+				readers = append(readers, tx)
+			}
+			pdb := p.OpenDB("s", "DELETE")
+			pdb.SetMaxOpenConns(1)
+			_, err := pdb.Exec(`INSERT INTO t VALUES (2, 'unreplicated')`)
+			switch {
+			case tt.sync && (err == nil || !strings.Contains(err.Error(), "disk I/O error")):
+				t.Fatalf("commit no candidate could apply: %v, want disk I/O error after sync-timeout", err)
+			case !tt.sync && err != nil:
+				t.Fatalf("asynchronous commit: %v", err)
+			case err == nil:
+				acks = append(acks, ack{id: 2})
+			}
+			_ = pdb.Close()
+
+			p.Kill()
+			np := waitNewPrimary(t, c, p)
+			for _, tx := range readers {
+				_ = tx.Rollback()
+			}
+			got := dump(t, np, "s", "SELECT group_concat(id) FROM t")
+			if tt.sync {
+				checkNoneLost(t, np, "s", acks)
+				if got != "1" {
+					t.Fatalf("rows on the new primary %s: %s, want 1", np.Name, got)
+				}
+				return
+			}
+			// Asynchronous: the acknowledged row 2 went with the primary.
+			if got != "1" {
+				t.Fatalf("rows on the new primary %s: %s; want 1, the acknowledged row 2 lost (asynchronous replication)", np.Name, got)
+			}
+		})
+	}
+}
+
 // TestSync_Handoff hands the lease of a cluster with sync-replicas 1 to
 // another candidate, and back, while writers commit in both journal
 // modes: no acknowledged write is lost and writes move within the usual
