@@ -360,12 +360,13 @@ func (r *Role) checkCandidates() {
 	if r.SyncReplicas <= 0 {
 		return
 	}
-	n := 1 // this node
+	seen := map[string]bool{r.self.Hostname: true} // a node reconnecting may briefly have two streams
 	for _, c := range r.Cluster.Connected() {
 		if c.Candidate {
-			n++
+			seen[c.Node] = true
 		}
 	}
+	n := len(seen)
 	limit := r.Candidates
 	if limit == 0 {
 		limit = 2*r.SyncReplicas + 1

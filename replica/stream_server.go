@@ -196,6 +196,7 @@ func (s *Server) sendOrdered(ctx context.Context, st *streamWriter, t *syncTrack
 			return fmt.Errorf("send %q: %w", name, err)
 		}
 		if plan.snapshot {
+			logSnapshot(logger, db, plan, from)
 			snap, err := s.writeSnapshot(ctx, db, snapshotUnstamped)
 			if err != nil {
 				return fmt.Errorf("send %q: %w", name, err)
@@ -353,6 +354,7 @@ func (s *Server) sendDB(ctx context.Context, st *streamWriter, db *DB, from ltx.
 		}
 		// Removed by retention meanwhile: a snapshot instead.
 	}
+	logSnapshot(logger, db, plan, from)
 	snap, err := s.writeSnapshot(ctx, db, snapshotStamped)
 	if err != nil {
 		return from, err
@@ -391,16 +393,21 @@ func (s *Server) writeSnapshot(ctx context.Context, db *DB, stamping snapshotSta
 	return snap, nil
 }
 
+// logSnapshot says why a replica at from is sent a snapshot, before it is
+// written: writing one waits for a transaction in progress.
+func logSnapshot(logger *slog.Logger, db *DB, plan sendPlan, from ltx.Pos) {
+	if plan.unknown {
+		logger.Warn("the log no longer reaches back to the replica's position, so it cannot tell whether the replica's history is the primary's; sending a snapshot, and the replica keeps its state aside",
+			slog.String(LogKeyDB, db.Name()), slog.String("replica_pos", from.String()), slog.String("pos", plan.cur.String()))
+	} else if plan.divergent {
+		logger.Warn("replica's history differs from the primary's; sending a snapshot",
+			slog.String(LogKeyDB, db.Name()), slog.String("replica_pos", from.String()), slog.String("pos", plan.cur.String()))
+	}
+}
+
 // sendSnapshotFile sends a snapshot written by writeSnapshot and returns
 // the position sent.
 func (s *Server) sendSnapshotFile(st *streamWriter, db *DB, snap *snapshotFile, logger *slog.Logger) (ltx.Pos, error) {
-	if snap.plan.unknown {
-		logger.Warn("the log no longer reaches back to the replica's position, so it cannot tell whether the replica's history is the primary's; sending a snapshot, and the replica keeps its state aside",
-			slog.String(LogKeyDB, db.Name()), slog.String("replica_pos", snap.from.String()), slog.String("pos", snap.plan.cur.String()))
-	} else if snap.plan.divergent {
-		logger.Warn("replica's history differs from the primary's; sending a snapshot",
-			slog.String(LogKeyDB, db.Name()), slog.String("replica_pos", snap.from.String()), slog.String("pos", snap.plan.cur.String()))
-	}
 	if err := s.sendFile(st, snap.path, streamBegin{DB: db.Name(), Snapshot: true, Divergent: snap.plan.divergent}); err != nil {
 		return ltx.Pos{}, err
 	}
