@@ -28,7 +28,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -50,12 +49,6 @@ func FuzzSyncFailover(f *testing.F) {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		hang := time.AfterFunc(20*time.Second, func() {
-			buf := make([]byte, 1<<22)
-			n := runtime.Stack(buf, true)
-			_ = os.WriteFile("/tmp/sf-hang.txt", append([]byte(fmt.Sprintf("%q\n", data)), buf[:n]...), 0o644)
-		})
-		t.Cleanup(func() { hang.Stop() }) // runs after the harness's own cleanup
 		h := newSfHarness(t, data)
 		h.run()
 	})
