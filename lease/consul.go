@@ -3,6 +3,7 @@ package lease
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -106,7 +107,19 @@ func (c *Consul) Acquire(ctx context.Context) (Lease, error) {
 		}
 		return nil, ErrPrimaryExists
 	}
-	return &consulLease{c: c, client: client, session: id, renewedAt: created}, nil
+	// The key's lock index counts its acquisitions: the term. Read back
+	// consistently, while this session holds the key (only its own
+	// renewals change the key meanwhile, which keep the lock index).
+	pair, _, err := client.KV().Get(c.Key, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+	if err != nil || pair == nil || pair.Session != id {
+		_, _, _ = client.KV().Release(&api.KVPair{Key: c.Key, Session: id}, nil)
+		_, _ = client.Session().Destroy(id, nil)
+		if err == nil {
+			err = errors.New("the key was released as it was taken")
+		}
+		return nil, fmt.Errorf("read the term of %s: %w", c.Key, err)
+	}
+	return &consulLease{c: c, client: client, session: id, renewedAt: created, term: pair.LockIndex}, nil
 }
 
 // PrimaryInfo returns the node holding the key, or ErrNoPrimary.
@@ -156,6 +169,7 @@ func (c *Consul) Watch(ctx context.Context, index uint64, wait time.Duration) (S
 	if pair == nil {
 		return st, nil
 	}
+	st.Term = pair.LockIndex
 	var v consulValue
 	if len(pair.Value) > 0 {
 		if err := json.Unmarshal(pair.Value, &v); err != nil {
@@ -188,13 +202,13 @@ func (c *Consul) EndSession(ctx context.Context, session string) error {
 // candidatesPrefix is where candidates publish their positions.
 func (c *Consul) candidatesPrefix() string { return c.Key + "-candidates/" }
 
-// Publish records this node's positions in the candidate registry.
-func (c *Consul) Publish(ctx context.Context, txids map[string]uint64) error {
+// Publish records this node's position in the candidate registry.
+func (c *Consul) Publish(ctx context.Context, pos Position) error {
 	client, err := c.api()
 	if err != nil {
 		return err
 	}
-	b, err := json.Marshal(Candidate{Hostname: c.Hostname, AdvertiseURL: c.AdvertiseURL, TXIDs: txids, TimeMS: time.Now().UnixMilli()})
+	b, err := json.Marshal(Candidate{Hostname: c.Hostname, AdvertiseURL: c.AdvertiseURL, TXIDs: pos.TXIDs, Stamp: pos.Stamp, Election: pos.Election, TimeMS: time.Now().UnixMilli()})
 	if err != nil {
 		return err
 	}
@@ -240,6 +254,7 @@ type consulLease struct {
 	c       *Consul
 	client  *api.Client
 	session string
+	term    uint64 // the key's lock index when this session took it
 
 	mu        sync.Mutex
 	renewedAt time.Time // when the last successful renewal was sent
@@ -301,6 +316,10 @@ func (l *consulLease) Deadline() time.Time {
 	defer l.mu.Unlock()
 	return l.renewedAt.Add(l.c.TTL)
 }
+
+// Term returns the key's lock index when this session took it: Consul
+// counts every acquisition of a key by a new session.
+func (l *consulLease) Term() uint64 { return l.term }
 
 // Close releases the key and ends the session.
 func (l *consulLease) Close() error {

@@ -102,20 +102,28 @@ func TestConsul_Expiry(t *testing.T) {
 }
 
 func TestAhead(t *testing.T) {
+	type P = lease.Position
 	for _, tt := range []struct {
-		a, b map[string]uint64
+		a, b P
 		want bool
 	}{
-		{map[string]uint64{"x": 2}, map[string]uint64{"x": 1}, true},
-		{map[string]uint64{"x": 1}, map[string]uint64{"x": 1}, false},
-		{map[string]uint64{"x": 1}, map[string]uint64{"x": 2}, false},
-		{map[string]uint64{"x": 2, "y": 1}, map[string]uint64{"x": 3, "y": 0}, false}, // forked: neither
-		{map[string]uint64{"x": 1, "y": 1}, map[string]uint64{"x": 1}, true},
-		{map[string]uint64{"x": 1}, map[string]uint64{"x": 1, "y": 1}, false},
-		{map[string]uint64{}, map[string]uint64{}, false},
+		{P{TXIDs: map[string]uint64{"x": 2}}, P{TXIDs: map[string]uint64{"x": 1}}, true},
+		{P{TXIDs: map[string]uint64{"x": 1}}, P{TXIDs: map[string]uint64{"x": 1}}, false},
+		{P{TXIDs: map[string]uint64{"x": 1}}, P{TXIDs: map[string]uint64{"x": 2}}, false},
+		{P{TXIDs: map[string]uint64{"x": 2, "y": 1}}, P{TXIDs: map[string]uint64{"x": 3, "y": 0}}, false}, // forked: neither
+		{P{TXIDs: map[string]uint64{"x": 1, "y": 1}}, P{TXIDs: map[string]uint64{"x": 1}}, true},
+		{P{TXIDs: map[string]uint64{"x": 1}}, P{TXIDs: map[string]uint64{"x": 1, "y": 1}}, false},
+		{P{TXIDs: map[string]uint64{}}, P{TXIDs: map[string]uint64{}}, false},
+		// Equal TXIDs, different primaries: the later term is ahead.
+		{P{TXIDs: map[string]uint64{"x": 10}, Stamp: 3<<40 | 7}, P{TXIDs: map[string]uint64{"x": 10}, Stamp: 2<<40 | 9}, true},
+		{P{TXIDs: map[string]uint64{"x": 10}, Stamp: 2<<40 | 9}, P{TXIDs: map[string]uint64{"x": 10}, Stamp: 3<<40 | 7}, false},
+		// A later term wins over more TXIDs of an earlier one.
+		{P{TXIDs: map[string]uint64{"x": 9}, Stamp: 3 << 40}, P{TXIDs: map[string]uint64{"x": 12}, Stamp: 2<<40 | 50}, true},
+		// Equal stamps: the TXIDs decide.
+		{P{TXIDs: map[string]uint64{"x": 2, "y": 1}, Stamp: 5}, P{TXIDs: map[string]uint64{"x": 2}, Stamp: 5}, true},
 	} {
 		if got := lease.Ahead(tt.a, tt.b); got != tt.want {
-			t.Errorf("Ahead(%v, %v) = %v, want %v", tt.a, tt.b, got, tt.want)
+			t.Errorf("Ahead(%+v, %+v) = %v, want %v", tt.a, tt.b, got, tt.want)
 		}
 	}
 }
@@ -143,6 +151,9 @@ func TestConsul_WatchAndEndSession(t *testing.T) {
 	if err := la.Renew(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if la.Term() == 0 {
+		t.Fatalf("a lease's term is its key's lock index, never 0")
+	}
 	next, err := b.Watch(ctx, st.Index, 5*time.Second)
 	if err != nil || next.Index == st.Index || next.Session != st.Session {
 		t.Fatalf("a renewal must change the key: before %+v after %+v %v", st, next, err)
@@ -159,6 +170,9 @@ func TestConsul_WatchAndEndSession(t *testing.T) {
 			t.Fatalf("acquire after ending the holder's session: %v", err)
 		}
 	}
+	if lb.Term() <= la.Term() {
+		t.Fatalf("a later lease's term %d is not above the earlier one's %d (renewals must not count)", lb.Term(), la.Term())
+	}
 	if err := lb.Handoff("node-a"); err != nil {
 		t.Fatal(err)
 	}
@@ -168,10 +182,10 @@ func TestConsul_WatchAndEndSession(t *testing.T) {
 	}
 
 	// The candidate registry.
-	if err := a.Publish(ctx, map[string]uint64{"db": 7}); err != nil {
+	if err := a.Publish(ctx, lease.Position{TXIDs: map[string]uint64{"db": 7}, Stamp: 9}); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Publish(ctx, map[string]uint64{"db": 5}); err != nil {
+	if err := b.Publish(ctx, lease.Position{TXIDs: map[string]uint64{"db": 5}}); err != nil {
 		t.Fatal(err)
 	}
 	cands, err := b.Candidates(ctx, time.Now().Add(-time.Minute))

@@ -43,6 +43,22 @@ type State struct {
 	Session   string      // the holder's session, "" when the lease is free
 	HandoffTo string      // on a free lease: the candidate it was handed to
 	Index     uint64      // the lease's version, for the next Watch
+	// Term is the term of the lease last taken (see Lease.Term), held or
+	// not: while the lease is free, the term that ended. An election is
+	// among the candidates that saw the same one.
+	Term uint64
+}
+
+// Position is how far a node's data goes, as the election compares it.
+type Position struct {
+	// Election is the term of the lease that ended (State.Term) when the
+	// node published: positions published in an earlier election, before
+	// another primary's term, are not compared.
+	Election uint64
+	TXIDs    map[string]uint64 // database -> TXID
+	// Stamp is the newest stamp (see ltx.Stamp: lease term and publish
+	// order) of the transactions the node holds; zero if unknown.
+	Stamp uint64
 }
 
 // Candidate is an entry of the candidate registry: a candidate's position,
@@ -51,7 +67,14 @@ type Candidate struct {
 	Hostname     string            `json:"hostname"`
 	AdvertiseURL string            `json:"advertise-url"`
 	TXIDs        map[string]uint64 `json:"txids"` // database -> TXID
+	Stamp        uint64            `json:"stamp,omitempty"`
+	Election     uint64            `json:"election,omitempty"`
 	TimeMS       int64             `json:"time-ms"`
+}
+
+// Position returns the candidate's published position.
+func (c Candidate) Position() Position {
+	return Position{Election: c.Election, TXIDs: c.TXIDs, Stamp: c.Stamp}
 }
 
 // Leaser hands out the primary lease. The node's role manager
@@ -75,9 +98,9 @@ type Leaser interface {
 	// EndSession ends another holder's session: a candidate does this
 	// when the holder has not renewed within the expiry.
 	EndSession(ctx context.Context, session string) error
-	// Publish records this node's positions for the election; Unpublish
-	// removes them; Candidates returns those published since a time.
-	Publish(ctx context.Context, txids map[string]uint64) error
+	// Publish records this node's position for the election; Unpublish
+	// removes it; Candidates returns those published since a time.
+	Publish(ctx context.Context, pos Position) error
 	Unpublish(ctx context.Context) error
 	Candidates(ctx context.Context, since time.Time) ([]Candidate, error)
 }
@@ -93,11 +116,25 @@ type Lease interface {
 	Close() error
 	// Handoff releases the lease for the named node ("" for any).
 	Handoff(to string) error
+	// Term returns the lease's term: above the term of every lease taken
+	// before it from the same store (while the store keeps its state).
+	// The primary stamps its transactions with it (see ltx.Stamp).
+	Term() uint64
 }
 
-// Ahead reports whether a has every database at least as far as b, and
-// one further: then b must not become primary while a can.
-func Ahead(a, b map[string]uint64) bool {
+// Ahead reports whether position a is ahead of b: b must not become
+// primary while a can. Stamps decide first: a newer stamp holds a
+// transaction of a later primary, or a later one of the same primary
+// (see ltx.Stamp), whatever the TXIDs. With equal stamps (or none), a is
+// ahead if it has every database at least as far as b, and one further.
+func Ahead(a, b Position) bool {
+	if a.Stamp != b.Stamp {
+		return a.Stamp > b.Stamp
+	}
+	return aheadTXIDs(a.TXIDs, b.TXIDs)
+}
+
+func aheadTXIDs(a, b map[string]uint64) bool {
 	further := false
 	for name, tb := range b {
 		ta := a[name]

@@ -24,6 +24,7 @@ type Memory struct {
 	sessions   map[string]*memSession
 	nextID     int
 	candidates map[string]Candidate
+	lockIndex  uint64 // how many times the key was taken: the terms
 }
 
 type memSession struct {
@@ -124,12 +125,13 @@ func (l *MemoryLeaser) Acquire(ctx context.Context) (Lease, error) {
 	m.sessions[s.id] = s
 	m.holder = s
 	m.value = memValue{primary: PrimaryInfo{Hostname: l.node.Hostname, AdvertiseURL: l.node.AdvertiseURL}}
+	m.lockIndex++
 	m.bump()
-	return &memLease{l: l, s: s, renewedAt: now}, nil
+	return &memLease{l: l, s: s, renewedAt: now, term: m.lockIndex}, nil
 }
 
 func (m *Memory) state() State {
-	st := State{Index: m.index}
+	st := State{Index: m.index, Term: m.lockIndex}
 	if m.holder != nil {
 		st.Session, st.Primary = m.holder.id, m.value.primary
 	} else {
@@ -171,12 +173,13 @@ func (l *MemoryLeaser) EndSession(ctx context.Context, session string) error {
 	return nil
 }
 
-// Publish records this node's positions.
-func (l *MemoryLeaser) Publish(ctx context.Context, txids map[string]uint64) error {
+// Publish records this node's position.
+func (l *MemoryLeaser) Publish(ctx context.Context, pos Position) error {
 	m := l.m
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.candidates[l.node.Hostname] = Candidate{Hostname: l.node.Hostname, AdvertiseURL: l.node.AdvertiseURL, TXIDs: txids, TimeMS: time.Now().UnixMilli()}
+	m.candidates[l.node.Hostname] = Candidate{Hostname: l.node.Hostname, AdvertiseURL: l.node.AdvertiseURL,
+		TXIDs: pos.TXIDs, Stamp: pos.Stamp, Election: pos.Election, TimeMS: time.Now().UnixMilli()}
 	return nil
 }
 
@@ -206,9 +209,14 @@ func (l *MemoryLeaser) Candidates(ctx context.Context, since time.Time) ([]Candi
 type memLease struct {
 	l         *MemoryLeaser
 	s         *memSession
+	term      uint64
 	mu        sync.Mutex
 	renewedAt time.Time
 }
+
+// Term returns how many times the key had been taken, this time included,
+// as Consul's lock index counts.
+func (ml *memLease) Term() uint64 { return ml.term }
 
 // Renew extends the session and changes the key.
 func (ml *memLease) Renew(ctx context.Context) error {

@@ -62,6 +62,9 @@ func TestMemory(t *testing.T) {
 	if err != nil {
 		t.Fatalf("acquire after handoff: %v", err)
 	}
+	if lb.Term() <= la.Term() {
+		t.Fatalf("a later lease's term %d is not above the earlier one's %d", lb.Term(), la.Term())
+	}
 
 	// Ending the holder's session leaves the key unavailable for the
 	// lock delay.
@@ -96,7 +99,7 @@ func TestMemory(t *testing.T) {
 	}
 
 	// The candidate registry.
-	if err := a.Publish(ctx, map[string]uint64{"db": 3}); err != nil {
+	if err := a.Publish(ctx, lease.Position{TXIDs: map[string]uint64{"db": 3}}); err != nil {
 		t.Fatal(err)
 	}
 	cands, _ := b.Candidates(ctx, time.Now().Add(-time.Second))

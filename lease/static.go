@@ -91,8 +91,8 @@ func (s *Static) EndSession(ctx context.Context, session string) error {
 }
 
 // Publish, Unpublish and Candidates do nothing: there is no election.
-func (s *Static) Publish(ctx context.Context, txids map[string]uint64) error { return nil }
-func (s *Static) Unpublish(ctx context.Context) error                        { return nil }
+func (s *Static) Publish(ctx context.Context, pos Position) error { return nil }
+func (s *Static) Unpublish(ctx context.Context) error             { return nil }
 func (s *Static) Candidates(ctx context.Context, since time.Time) ([]Candidate, error) {
 	return nil, nil
 }
@@ -103,3 +103,6 @@ func (staticLease) Renew(ctx context.Context) error { return nil }
 func (staticLease) Deadline() time.Time             { return time.Time{} }
 func (staticLease) Close() error                    { return nil }
 func (staticLease) Handoff(to string) error         { return errors.New("a static lease cannot be handed off") }
+
+// Term is 1: a static lease is never contested, so it has one term.
+func (staticLease) Term() uint64 { return 1 }

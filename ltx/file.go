@@ -44,7 +44,7 @@ func toCodec(h Header) sltx.Header {
 		MaxTXID:          sltx.TXID(h.MaxTXID),
 		Timestamp:        h.Timestamp,
 		PreApplyChecksum: sltx.Checksum(h.PreApplyChecksum),
-		NodeID:           h.NodeID,
+		NodeID:           uint64(h.Stamp),
 	}
 }
 
@@ -56,7 +56,7 @@ func fromCodec(h sltx.Header) Header {
 		MaxTXID:          TXID(h.MaxTXID),
 		Timestamp:        h.Timestamp,
 		PreApplyChecksum: checksum.Checksum(h.PreApplyChecksum),
-		NodeID:           h.NodeID,
+		Stamp:            Stamp(h.NodeID),
 	}
 }
 

@@ -29,6 +29,8 @@ type Log struct {
 	files []FileInfo // ascending TXIDs
 	pos   Pos        // post-apply position of the last file
 	last  Header     // header of the last file
+	// stamps caches the files' stamps by MaxTXID (see Stamp).
+	stamps map[TXID]Stamp
 
 	// unsynced holds the newest files, written by AppendDeferred and not
 	// yet made durable, oldest first, each still open for its sync.
@@ -151,6 +153,39 @@ func (l *Log) setPosFrom(f FileInfo) error {
 	return nil
 }
 
+// Stamp returns the stamp in the header of the log's file f, reading the
+// header the first time it is asked for.
+func (l *Log) Stamp(f FileInfo) (Stamp, error) {
+	l.mu.Lock()
+	s, ok := l.stamps[f.MaxTXID]
+	l.mu.Unlock()
+	if ok {
+		return s, nil
+	}
+	file, err := os.Open(l.Path(f.MinTXID, f.MaxTXID))
+	if err != nil {
+		return 0, err
+	}
+	defer file.Close()
+	d, err := NewDecoder(file)
+	if err != nil {
+		return 0, err
+	}
+	s = d.Header().Stamp
+	l.mu.Lock()
+	l.setStamp(f.MaxTXID, s)
+	l.mu.Unlock()
+	return s, nil
+}
+
+// setStamp caches a file's stamp. l.mu held.
+func (l *Log) setStamp(txid TXID, s Stamp) {
+	if l.stamps == nil {
+		l.stamps = make(map[TXID]Stamp)
+	}
+	l.stamps[txid] = s
+}
+
 // DiscardTorn removes, durably, the file that OpenLog reported as failing
 // and every file after it, once the caller has established they were torn
 // writes: their transactions were never made durable.
@@ -263,6 +298,7 @@ func (l *Log) append(hdr Header, pages []Page, post checksum.Checksum, check fun
 	l.files = append(l.files, FileInfo{MinTXID: hdr.MinTXID, MaxTXID: hdr.MaxTXID, ModTime: time.Now()})
 	l.pos = Pos{TXID: hdr.MaxTXID, Checksum: post}
 	l.last = hdr
+	l.setStamp(hdr.MaxTXID, hdr.Stamp)
 	return nil
 }
 
@@ -293,6 +329,7 @@ func (l *Log) TakeBack(txid TXID, prev Pos, prevLast Header) error {
 	}
 	l.files = l.files[:n-1]
 	l.pos, l.last = prev, prevLast
+	delete(l.stamps, txid)
 	return nil
 }
 
@@ -338,11 +375,12 @@ func (l *Log) AdoptChecked(src string, hdr Header, post checksum.Checksum, check
 				}
 			}
 		}
-		l.files = nil
+		l.files, l.stamps = nil, nil
 	}
 	l.files = append(l.files, info)
 	l.pos = Pos{TXID: hdr.MaxTXID, Checksum: post}
 	l.last = hdr
+	l.setStamp(hdr.MaxTXID, hdr.Stamp)
 	return nil
 }
 
@@ -422,6 +460,7 @@ func (l *Log) Retain(t time.Time) (int, error) {
 			return n, err
 		}
 		l.files = l.files[1:]
+		delete(l.stamps, f.MaxTXID)
 		n++
 	}
 	return n, nil

@@ -56,8 +56,39 @@ type Header struct {
 	MinTXID, MaxTXID TXID              // the transactions it holds; equal for one transaction
 	Timestamp        int64             // milliseconds since the Unix epoch
 	PreApplyChecksum checksum.Checksum // database checksum before; zero when MinTXID is 1
-	NodeID           uint64            // node that wrote it; zero if unknown
+	// Stamp orders the transaction among those of every primary: see
+	// Stamp. The LTX format's node ID field carries it. Zero if unknown.
+	Stamp Stamp
 }
+
+// Stamp orders transactions across primaries and databases: the lease
+// term of the primary that wrote the transaction in the high 24 bits, and
+// its place in that primary's publish order (over all databases) in the
+// low 40. Every lease a node takes has a term above every earlier lease's,
+// and a primary never gives two transactions the same place, so no two
+// transactions share a stamp, and a later primary's transactions order
+// after an earlier one's. Zero: written without one (an older version).
+type Stamp uint64
+
+// StampBits is how many low bits of a stamp hold the publish order.
+const StampBits = 40
+
+// MaxTerm is the largest term a stamp holds.
+const MaxTerm = 1<<(64-StampBits) - 1
+
+// NewStamp returns the stamp of the seq'th transaction of term.
+func NewStamp(term, seq uint64) Stamp {
+	return Stamp(term<<StampBits | seq&(1<<StampBits-1))
+}
+
+// Term returns the lease term of the primary that wrote the transaction.
+func (s Stamp) Term() uint64 { return uint64(s) >> StampBits }
+
+// Seq returns the transaction's place in its primary's publish order.
+func (s Stamp) Seq() uint64 { return uint64(s) & (1<<StampBits - 1) }
+
+// String returns "term.seq".
+func (s Stamp) String() string { return fmt.Sprintf("%d.%d", s.Term(), s.Seq()) }
 
 // PreApplyPos returns the position the file applies to.
 func (h Header) PreApplyPos() Pos {

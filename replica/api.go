@@ -331,7 +331,7 @@ func (s *Server) handleAck(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Unlock()
 	if counts {
-		t.ack(req.Session, pos)
+		t.ack(req.Session, pos, ltx.Stamp(req.Stamp))
 	}
 	w.WriteHeader(http.StatusOK)
 }

@@ -51,6 +51,9 @@ type DB struct {
 	onChange  func()       // tells the store the position moved
 	metrics   *Metrics     // nil: none
 	sync      *syncTracker // nil: asynchronous replication
+	// reserveStamp gives a commit its stamp (see Store.reserveStamp); nil:
+	// none (zero).
+	reserveStamp func() ltx.Stamp
 
 	wal walState
 

@@ -181,11 +181,17 @@ func (db *DB) commitTxn(pageN uint32, written []uint32, read func(pgno uint32, b
 	if db.sync != nil {
 		prevLast = db.log.LastHeader()
 	}
+	if db.reserveStamp != nil {
+		hdr.Stamp = db.reserveStamp()
+	}
 	appendFile := db.log.AppendChecked
 	if when == syncDeferred {
 		appendFile = db.log.AppendDeferred
 	}
 	if err := appendFile(hdr, pages, post, db.canCommit); err != nil {
+		if db.sync != nil {
+			db.cancelStamp(hdr.Stamp)
+		}
 		if errors.Is(err, ErrReadOnly) || errors.Is(err, ErrFenced) {
 			return err
 		}
@@ -193,7 +199,7 @@ func (db *DB) commitTxn(pageN uint32, written []uint32, read func(pgno uint32, b
 	}
 	pos := ltx.Pos{TXID: txid, Checksum: post}
 	if db.sync != nil {
-		if err := db.awaitSync(pos, prevLast); err != nil {
+		if err := db.awaitSync(pos, hdr.Stamp, prevLast); err != nil {
 			return err
 		}
 	} else {
@@ -208,8 +214,18 @@ func (db *DB) commitTxn(pageN uint32, written []uint32, read func(pgno uint32, b
 	return nil
 }
 
+// cancelStamp gives up the place in the publish order reserved for stamp
+// s, and wakes the streams, which it may have held back (see
+// syncTracker.watermark).
+func (db *DB) cancelStamp(s ltx.Stamp) {
+	db.sync.cancel(s)
+	if db.onChange != nil {
+		db.onChange()
+	}
+}
+
 // awaitSync publishes the position pos of a transaction whose LTX file is
-// durable, so that the stream sends it, and waits until enough candidates
+// durable, stamped stamp, so that the stream sends it, and waits until enough candidates
 // hold it (lease.sync-replicas). If they do not in time, or the node may
 // no longer commit once they do (fenced or stepping down while it
 // waited), the transaction is taken back: the position returns to what it
@@ -219,9 +235,9 @@ func (db *DB) commitTxn(pageN uint32, written []uint32, read func(pgno uint32, b
 // history differs at the next transaction and is sent a snapshot, its
 // state kept aside. db.mu held: the database's next commit waits behind
 // this one; other databases' commits wait alongside it.
-func (db *DB) awaitSync(pos ltx.Pos, prevLast ltx.Header) error {
+func (db *DB) awaitSync(pos ltx.Pos, stamp ltx.Stamp, prevLast ltx.Header) error {
 	prev := db.pos
-	w, err := db.sync.publish(db.name, pos, func() {
+	w, err := db.sync.publish(db.name, pos, stamp, func() {
 		db.pos = pos
 		db.publish()
 	})

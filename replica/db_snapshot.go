@@ -36,12 +36,34 @@ func (db *DB) journalActive() (bool, error) {
 // transaction in progress to end, since the file may hold its uncommitted
 // pages until then.
 func (db *DB) WriteSnapshot(ctx context.Context, w io.Writer) (ltx.Header, checksum.Checksum, error) {
+	return db.writeSnapshot(ctx, w, snapshotStamped)
+}
+
+// How a snapshot is stamped (see ltx.Stamp).
+type snapshotStamp int
+
+const (
+	// snapshotStamped: with the stamp of the newest transaction it holds.
+	snapshotStamped snapshotStamp = iota
+	// snapshotUnstamped: with none. A replica that applies it holds
+	// every transaction up to that one in its database, but not, in other
+	// databases, every transaction stamped before it; with sync-replicas
+	// its stamp must not claim so (see Server.sendOrdered).
+	snapshotUnstamped
+)
+
+func (db *DB) writeSnapshot(ctx context.Context, w io.Writer, stamping snapshotStamp) (ltx.Header, checksum.Checksum, error) {
 	var (
 		hdr ltx.Header
 		enc *ltx.Encoder
 	)
 	img, err := db.readCommitted(ctx, "snapshot", func(img committedImage) error {
 		hdr = ltx.Header{PageSize: img.PageSize, Commit: img.PageN, MinTXID: 1, MaxTXID: img.Pos.TXID, Timestamp: time.Now().UnixMilli()}
+		// The stamp of the newest transaction it holds: a replica that
+		// applies it holds that one (see Store.Stamp).
+		if last := db.log.LastHeader(); last.MaxTXID == img.Pos.TXID && stamping == snapshotStamped {
+			hdr.Stamp = last.Stamp
+		}
 		var err error
 		enc, err = ltx.NewEncoder(w, hdr)
 		return err

@@ -176,7 +176,7 @@ func (r *Role) pickTarget(ctx context.Context, to string) (*ReplicaInfo, error) 
 		if err != nil {
 			continue
 		}
-		if best == nil || lease.Ahead(txids, bestTXIDs) {
+		if best == nil || lease.Ahead(lease.Position{TXIDs: txids}, lease.Position{TXIDs: bestTXIDs}) {
 			best, bestTXIDs = &c, txids
 		}
 	}

@@ -210,8 +210,16 @@ type importLTX struct {
 func (db *DB) importFile(ctx context.Context, src *os.File, info DatabaseInfo, opts ImportOptions, tmpDir string) (ImportResult, error) {
 	// The LTX file is built before connections are kept out, for the
 	// position now; if a commit moves it meanwhile, it is built again.
+	// With synchronous replication the file is always built again once
+	// connections are kept out, stamped then (see syncTracker.reserve): a
+	// place reserved in the publish order holds back the stream until it
+	// is filled.
+	var stamp ltx.Stamp
+	if db.sync == nil && db.reserveStamp != nil {
+		stamp = db.reserveStamp()
+	}
 	db.mu.Lock()
-	built, err := db.buildImport(src, info, tmpDir)
+	built, err := db.buildImport(src, info, tmpDir, stamp)
 	db.mu.Unlock()
 	if err != nil {
 		return ImportResult{}, err
@@ -231,12 +239,18 @@ func (db *DB) importFile(ctx context.Context, src *os.File, info DatabaseInfo, o
 	}
 	db.mu.Lock()
 	err = db.checkImportable(wasWAL)
-	if err == nil && db.pos != built.pre {
+	if err == nil && (db.pos != built.pre || db.sync != nil) {
 		_ = os.Remove(built.path)
-		built, err = db.buildImport(src, info, tmpDir)
+		if db.sync != nil {
+			stamp = db.sync.reserve()
+		}
+		built, err = db.buildImport(src, info, tmpDir, stamp)
 	}
 	if err == nil {
 		err = db.commitImport(built, leaveWAL)
+	}
+	if db.sync != nil {
+		db.cancelStamp(stamp) // the place is filled (published) or given up
 	}
 	db.mu.Unlock()
 	if err = db.reopenGate(gate, unlock, err); err != nil {
@@ -360,11 +374,12 @@ func (db *DB) commitImport(b importLTX, leaveWAL bool) error {
 	return nil
 }
 
-// buildImport writes the LTX file of an import at the database's position:
+// buildImport writes the LTX file of an import, stamped stamp, at the
+// database's position:
 // every page of src, with page 1's change counter and schema cookie moved
 // past both the database's and the file's, so that connections reload.
 // db.mu held.
-func (db *DB) buildImport(src *os.File, info DatabaseInfo, tmpDir string) (_ importLTX, err error) {
+func (db *DB) buildImport(src *os.File, info DatabaseInfo, tmpDir string, stamp ltx.Stamp) (_ importLTX, err error) {
 	pre := db.pos
 	var oldPage1 []byte
 	if pre.TXID > 0 && db.pageSize != 0 {
@@ -377,6 +392,7 @@ func (db *DB) buildImport(src *os.File, info DatabaseInfo, tmpDir string) (_ imp
 		PageSize: info.PageSize, Commit: info.PageN,
 		MinTXID: pre.TXID + 1, MaxTXID: pre.TXID + 1,
 		PreApplyChecksum: pre.Checksum, Timestamp: time.Now().UnixMilli(),
+		Stamp: stamp,
 	}
 	f, err := os.CreateTemp(tmpDir, "import-*.ltx")
 	if err != nil {

@@ -15,9 +15,9 @@ import (
 const DefaultHandoffTimeout = 5 * time.Second
 
 const (
-	// electionWait is how long a candidate waits, after publishing its
-	// position, for the other candidates to publish theirs.
-	electionWait = 200 * time.Millisecond
+	// defaultElectionWait is how long a candidate waits, after
+	// publishing its position, for the other candidates to publish theirs.
+	defaultElectionWait = 200 * time.Millisecond
 	// candidateFresh is how recent a published position must be to count.
 	candidateFresh = 3 * time.Second
 	// handoffGrace is how long other candidates leave a lease handed to
@@ -67,12 +67,16 @@ type Role struct {
 	// HandoffTimeout bounds how long a handoff waits for its target.
 	HandoffTimeout time.Duration
 	// SyncReplicas is lease.sync-replicas: with it set, a candidate wins
-	// an election only if it saw the positions of that many other
-	// candidates and none was ahead (see elect).
+	// an election only if it saw the positions of enough other candidates
+	// (see ElectionQuorum) and none was ahead (see elect).
 	SyncReplicas int
+	// Candidates is lease.candidates: how many candidates the cluster
+	// has, the primary included; zero: at most 2*SyncReplicas+1.
+	Candidates int
 
 	self                  lease.Node
 	ttl, interval, margin time.Duration
+	electionWait          time.Duration // see defaultElectionWait
 
 	// mu serialises role changes: renewals, handoffs and promotions.
 	mu        sync.Mutex
@@ -91,6 +95,8 @@ type Role struct {
 	changed     time.Time // when the key last changed while held by it
 	handoffSeen time.Time // when a lease handed to another node was seen
 	lastErr     time.Time
+
+	warnedCandidates int // the candidate count checkCandidates last logged
 }
 
 // NewRole returns the role manager of a node on leaser.
@@ -105,6 +111,7 @@ func NewRole(leaser lease.Leaser, store *Store, gate WriteGate, cluster Cluster)
 		HandoffTimeout: DefaultHandoffTimeout,
 		self:           leaser.Self(),
 		ttl:            ttl,
+		electionWait:   defaultElectionWait,
 		interval:       interval,
 		// The primary stops writing this long before its lease could
 		// expire; candidates wait the full TTL after the last renewal
@@ -131,6 +138,7 @@ func (r *Role) Begin(ctx context.Context) (bool, error) {
 	r.mu.Lock()
 	r.lease = l
 	r.mu.Unlock()
+	r.Store.SetTerm(l.Term())
 	r.Store.SetPrimary(true)
 	r.Store.SetFence(time.Time{})
 	return true, nil
@@ -226,7 +234,7 @@ func (r *Role) Step(ctx context.Context) {
 			return // the lease is meant for another candidate
 		}
 	}
-	if !r.elect(ctx, st.HandoffTo == r.self.Hostname) {
+	if !r.elect(ctx, st.HandoffTo == r.self.Hostname, st.Term) {
 		r.index = 0 // look again soon: the lock delay may be passing
 		sleep(ctx, 50*time.Millisecond)
 	}
@@ -250,22 +258,46 @@ func (r *Role) txids() map[string]uint64 {
 	return a
 }
 
+// position returns the node's position as the election compares it.
+func (r *Role) position() lease.Position {
+	return lease.Position{TXIDs: r.txids(), Stamp: uint64(r.Store.Stamp())}
+}
+
+// ElectionQuorum returns how many other candidates' positions a candidate
+// must see before it takes a free lease, with sync-replicas k (k > 0) and
+// n candidates in the cluster (0: at most 2k+1). An acknowledged
+// transaction is on k candidates besides the primary; when the primary
+// is gone, n-1 candidates remain, and a candidate that saw q others (q+1
+// positions with its own) saw one of those k whenever q+1+k > n-1, that
+// is q >= n-1-k. Seeing none ahead of it, it holds every acknowledged
+// transaction (see lease.Ahead and syncTracker). It is never below k.
+func ElectionQuorum(k, n int) int {
+	if k <= 0 {
+		return 0
+	}
+	return max(k, n-1-k)
+}
+
 // elect takes the free lease unless another candidate is ahead of this
 // node; handedOff skips the wait when the lease was handed to this node.
-func (r *Role) elect(ctx context.Context, handedOff bool) bool {
+// ended is the term of the lease that ended (lease.State.Term): only
+// positions published since then count, since a candidate's position from
+// an earlier election leaves out what it received from the primary since.
+func (r *Role) elect(ctx context.Context, handedOff bool, ended uint64) bool {
 	r.mu.Lock()
 	stopping := r.stopping
 	r.mu.Unlock()
 	if stopping {
 		return false
 	}
-	mine := r.txids()
+	mine := r.position()
+	mine.Election = ended
 	if !handedOff {
 		if err := r.Leaser.Publish(ctx, mine); err != nil {
 			r.Logger.Warn("publish position for the election", slog.Any(LogKeyError, err))
 			return false
 		}
-		sleep(ctx, electionWait)
+		sleep(ctx, r.electionWait)
 		cands, err := r.Leaser.Candidates(ctx, time.Now().Add(-candidateFresh))
 		if err != nil {
 			r.Logger.Warn("read the other candidates' positions", slog.Any(LogKeyError, err))
@@ -273,22 +305,23 @@ func (r *Role) elect(ctx context.Context, handedOff bool) bool {
 		}
 		others := 0
 		for _, c := range cands {
-			if c.Hostname == r.self.Hostname {
+			if c.Hostname == r.self.Hostname || c.Election != ended {
 				continue
 			}
 			others++
-			if lease.Ahead(c.TXIDs, mine) {
-				r.Logger.Info("no primary; another candidate has more transactions and should take the lease",
-					slog.String("candidate", c.Hostname), slog.Any("its_txids", c.TXIDs), slog.Any("txids", mine))
+			if lease.Ahead(c.Position(), mine) {
+				r.Logger.Info("no primary; another candidate has newer transactions and should take the lease",
+					slog.String("candidate", c.Hostname), slog.Any("its_txids", c.TXIDs), slog.String("its_stamp", ltx.Stamp(c.Stamp).String()),
+					slog.Any("txids", mine.TXIDs), slog.String("stamp", ltx.Stamp(mine.Stamp).String()))
 				return false
 			}
 		}
 		// With synchronous replication the acknowledged transactions are
 		// on sync-replicas candidates besides the dead primary: a
-		// candidate that heard from fewer may be missing them.
-		if r.SyncReplicas > 0 && others < r.SyncReplicas {
-			r.Logger.Info("no primary; waiting to hear from enough other candidates (lease.sync-replicas) before taking the lease, so that none holding acknowledged transactions is passed over",
-				slog.Int("heard_from", others), slog.Int("sync_replicas", r.SyncReplicas))
+		// candidate that heard from too few may be missing them.
+		if q := ElectionQuorum(r.SyncReplicas, r.Candidates); others < q {
+			r.Logger.Info("no primary; waiting to hear from enough other candidates (lease.sync-replicas, lease.candidates) before taking the lease, so that none holding acknowledged transactions is passed over",
+				slog.Int("heard_from", others), slog.Int("needed", q), slog.Int("sync_replicas", r.SyncReplicas))
 			return false
 		}
 	}
@@ -301,6 +334,49 @@ func (r *Role) elect(ctx context.Context, handedOff bool) bool {
 	}
 	r.promote(l)
 	return true
+}
+
+// term returns the term this node writes under with lease l: the
+// lease's. A term not above every term in the node's data means the
+// lease's store lost its state (a Consul server started anew): the node
+// then writes under the term after its data's, logs it, and elections
+// order transactions by terms only as far as every candidate saw them.
+func (r *Role) term(l lease.Lease) uint64 {
+	term, held := l.Term(), r.Store.Stamp().Term()
+	if term > held && term <= ltx.MaxTerm {
+		return term
+	}
+	next := min(held+1, ltx.MaxTerm)
+	r.Logger.Error("the lease's term is not above the terms of this node's data: its store lost its state or ran out of terms; writing under the next term after the data's",
+		slog.Uint64("lease_term", term), slog.Uint64("data_term", held), slog.Uint64("term", next))
+	return next
+}
+
+// checkCandidates logs, on a primary with sync-replicas set, when more
+// candidates are connected than elections were set up for (see
+// ElectionQuorum): an election could then pass over the candidates that
+// hold acknowledged transactions. Once per count seen.
+func (r *Role) checkCandidates() {
+	if r.SyncReplicas <= 0 {
+		return
+	}
+	seen := map[string]bool{r.self.Hostname: true} // a node reconnecting may briefly have two streams
+	for _, c := range r.Cluster.Connected() {
+		if c.Candidate {
+			seen[c.Node] = true
+		}
+	}
+	n := len(seen)
+	limit := r.Candidates
+	if limit == 0 {
+		limit = 2*r.SyncReplicas + 1
+	}
+	if n <= limit || n == r.warnedCandidates {
+		return
+	}
+	r.warnedCandidates = n
+	r.Logger.Error("more candidates are connected than elections are set up for: after a crash, an election could pass over the candidates holding acknowledged transactions. Set lease.candidates on every node to the number of candidates",
+		slog.Int("candidates", n), slog.Int("lease_candidates", r.Candidates), slog.Int("sync_replicas", r.SyncReplicas))
 }
 
 // fence returns the time from which the holder of l must stop writing.
@@ -318,6 +394,7 @@ func (r *Role) promote(l lease.Lease) {
 	defer r.mu.Unlock()
 	r.stopFollowing()
 	r.lease = l
+	r.Store.SetTerm(r.term(l))
 	r.Store.Promote(r.fence(l))
 	r.Logger.Info("this node is now the primary; SQLite connections it opened as a replica stay read-only, reopen them to write",
 		slog.Any("txids", r.txids()))
@@ -362,6 +439,7 @@ func (r *Role) renewLoop(ctx context.Context) {
 		case err == nil:
 			r.Store.SetFence(fence)
 			r.mu.Unlock()
+			r.checkCandidates()
 			continue
 		case ctx.Err() != nil:
 			r.mu.Unlock()

@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -70,6 +71,13 @@ type Store struct {
 
 	syncOnce sync.Once
 	sync     *syncTracker // nil unless SyncReplicas > 0
+
+	// The stamps of this node's commits (see ltx.Stamp): the lease term it
+	// writes under as primary, and, with asynchronous replication, the
+	// last place in its publish order given out (the sync tracker keeps
+	// its own).
+	term atomic.Uint64
+	seq  atomic.Uint64
 
 	mu  sync.Mutex
 	dbs map[string]*DB
@@ -260,6 +268,7 @@ func (s *Store) syncTracker() *syncTracker {
 // resetSync starts synchronous replication over for a new term as
 // primary: what the node holds counts as acknowledged.
 func (s *Store) resetSync() {
+	s.seq.Store(0)
 	t := s.syncTracker()
 	if t == nil {
 		return
@@ -268,7 +277,38 @@ func (s *Store) resetSync() {
 	for _, db := range s.DBs() {
 		pos[db.Name()] = db.Pos()
 	}
-	t.reset(pos)
+	t.reset(pos, s.term.Load())
+}
+
+// SetTerm sets the lease term this node writes under as primary, before
+// it becomes the primary (Promote, SetPrimary): its commits' stamps carry
+// it (see ltx.Stamp).
+func (s *Store) SetTerm(term uint64) {
+	s.term.Store(term)
+	s.resetSync()
+}
+
+// Stamp returns the newest stamp of the transactions the node holds, over
+// every database: the election compares it (see lease.Ahead). A replica
+// holds every transaction of the primary's history stamped up to it,
+// since the stream sends in stamp order when sync-replicas is set.
+func (s *Store) Stamp() ltx.Stamp {
+	var m ltx.Stamp
+	for _, db := range s.DBs() {
+		m = max(m, db.log.LastHeader().Stamp)
+	}
+	return m
+}
+
+// reserveStamp returns the stamp of a transaction about to be logged.
+// With synchronous replication it reserves the transaction's place in the
+// publish order, which the commit then fills (syncTracker.publish) or
+// gives up (syncTracker.cancel).
+func (s *Store) reserveStamp() ltx.Stamp {
+	if t := s.syncTracker(); t != nil {
+		return t.reserve()
+	}
+	return ltx.NewStamp(s.term.Load(), s.seq.Add(1))
 }
 
 // SyncMode returns, on a primary with SyncReplicas set, SyncModeSync or
@@ -362,6 +402,25 @@ func (s *Store) setPrimaryPositions(pos map[string]ltx.Pos) {
 	s.primaryPos = pos
 	s.roleMu.Unlock()
 	s.updateLag()
+}
+
+// notePrimaryPositions records the primary's positions as a stream
+// starts (its hello), before its history check: it records that the
+// replica is behind, if it is, but never that it caught up (a history
+// that differs at the same TXIDs is replaced first).
+func (s *Store) notePrimaryPositions(pos map[string]ltx.Pos) {
+	behind := false
+	for name, p := range pos {
+		if db := s.DB(name); p.TXID > 0 && (db == nil || db.Pos().TXID < p.TXID) {
+			behind = true
+		}
+	}
+	s.roleMu.Lock()
+	defer s.roleMu.Unlock()
+	s.primaryPos = pos
+	if behind {
+		s.caughtUp = false
+	}
 }
 
 // updateLag records whether every database has reached the position the
@@ -531,6 +590,7 @@ func (s *Store) openDB(name, dir string) (*DB, error) {
 	db.canCommit = s.checkCommit
 	db.metrics = s.Metrics
 	db.sync = s.syncTracker()
+	db.reserveStamp = s.reserveStamp
 	return db, nil
 }
 

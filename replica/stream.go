@@ -54,6 +54,11 @@ type streamHello struct {
 	// replica is a candidate).
 	Session string `json:"session,omitempty"`
 	Acks    bool   `json:"acks,omitempty"`
+	// Positions are the primary's positions as the stream starts, as in
+	// heartbeats: a replica learns at once how far behind it is, before
+	// the files that bring it up, which it may fail to apply (a full
+	// disk) or wait to (readers).
+	Positions map[string]string `json:"positions,omitempty"`
 }
 
 // ackRequest is the body of POST /ack: the positions a candidate holds
@@ -61,6 +66,9 @@ type streamHello struct {
 type ackRequest struct {
 	Session   string            `json:"session"`
 	Positions map[string]string `json:"positions"` // db -> ltx.Pos.String()
+	// Stamp is the candidate's newest stamp (Store.Stamp): with an older
+	// stamp than a commit's, it does not count for that commit.
+	Stamp uint64 `json:"stamp"`
 }
 
 // streamHeartbeat says the primary is alive and where its databases are.

@@ -161,6 +161,13 @@ func (c *StreamClient) session(ctx context.Context) (progressed bool, err error)
 				return progressed, fmt.Errorf("%w: hello: %v", ErrBadFrame, err)
 			}
 			c.Store.setConnected(h.Hostname, h.ProxyURL)
+			if h.Positions != nil {
+				pos, err := parsePositions(h.Positions)
+				if err != nil {
+					return progressed, fmt.Errorf("%w: hello: %v", ErrBadFrame, err)
+				}
+				c.Store.notePrimaryPositions(pos)
+			}
 			if h.Acks && c.Candidate && acks == nil {
 				acks = c.startAcker(ctx, h.Session)
 			}
@@ -174,11 +181,9 @@ func (c *StreamClient) session(ctx context.Context) (progressed bool, err error)
 			if err := json.Unmarshal(payload, &h); err != nil {
 				return progressed, fmt.Errorf("%w: heartbeat: %v", ErrBadFrame, err)
 			}
-			pos := make(map[string]ltx.Pos, len(h.Positions))
-			for name, p := range h.Positions {
-				if pos[name], err = ltx.ParsePos(p); err != nil {
-					return progressed, fmt.Errorf("%w: heartbeat: %v", ErrBadFrame, err)
-				}
+			pos, err := parsePositions(h.Positions)
+			if err != nil {
+				return progressed, fmt.Errorf("%w: heartbeat: %v", ErrBadFrame, err)
 			}
 			c.Store.setPrimaryPositions(pos)
 			// The first heartbeat follows the primary's check of this
@@ -238,6 +243,18 @@ func (c *StreamClient) session(ctx context.Context) (progressed bool, err error)
 	}
 }
 
+// parsePositions parses the positions of a hello or heartbeat frame.
+func parsePositions(m map[string]string) (map[string]ltx.Pos, error) {
+	pos := make(map[string]ltx.Pos, len(m))
+	for name, p := range m {
+		var err error
+		if pos[name], err = ltx.ParsePos(p); err != nil {
+			return nil, err
+		}
+	}
+	return pos, nil
+}
+
 // acker sends a candidate's acknowledgements to the primary: after each
 // apply, the positions it holds durably (an apply syncs before it moves a
 // position). One request is in flight at a time; pokes meanwhile coalesce
@@ -264,7 +281,7 @@ func (c *StreamClient) startAcker(ctx context.Context, session string) *acker {
 				return
 			case <-a.ch:
 			}
-			req := ackRequest{Session: session, Positions: make(map[string]string)}
+			req := ackRequest{Session: session, Positions: make(map[string]string), Stamp: uint64(c.Store.Stamp())}
 			for _, db := range c.Store.DBs() {
 				req.Positions[db.Name()] = db.Pos().String()
 			}

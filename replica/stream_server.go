@@ -14,6 +14,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/litefs-project/litefs/checksum"
 	"github.com/litefs-project/litefs/ltx"
 )
 
@@ -62,7 +63,8 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	st := &streamWriter{w: w, flusher: flusher}
-	hello := streamHello{Hostname: s.Hostname, ProxyURL: s.ProxyURL, Session: session, Acks: req.Candidate && s.Store.syncTracker() != nil}
+	hello := streamHello{Hostname: s.Hostname, ProxyURL: s.ProxyURL, Session: session, Acks: req.Candidate && s.Store.syncTracker() != nil,
+		Positions: s.positions()}
 	err := s.stream(r.Context(), st, &req, hello, sent, logger)
 	if err != nil && r.Context().Err() == nil {
 		logger.Warn("replication stream ended", slog.Any(LogKeyError, err))
@@ -167,23 +169,26 @@ func (s *Server) sendRound(ctx context.Context, st *streamWriter, sent map[strin
 }
 
 // sendOrdered is a round of the stream with lease.sync-replicas set: the
-// LTX files of every database go in the order their commits were
-// published (see syncTracker), up to the newest published when the round
-// began, so the replica, which applies in the order it receives, always
-// holds a prefix of the primary's commits across databases. Snapshots
-// (a replica whose history differs, or that the log no longer reaches)
-// go first and bring their database to the primary's position; files
-// published before every seq kept, or not through a commit (an import),
-// go right after their database's previous file. sent is kept up to
-// date.
+// LTX files of every database go in stamp order (see ltx.Stamp: the
+// order their commits were published, over every term), up to the
+// tracker's watermark when the round began, below which every commit is
+// published or given up. The replica applies in the order it receives,
+// so it holds every transaction of the primary's history stamped up to
+// its own stamp (Store.Stamp: the newest stamp it holds), which is what
+// elections compare. Snapshots (a replica whose history differs, or that
+// the log no longer reaches) go first and carry no stamp: one brings its
+// database past transactions of other databases the replica has yet to
+// receive, and its stamp would claim them too. Files without a stamp
+// (from an older version) go right after their database's previous file.
+// sent is kept up to date.
 func (s *Server) sendOrdered(ctx context.Context, st *streamWriter, t *syncTracker, sent map[string]ltx.Pos, logger *slog.Logger) error {
-	last := t.lastSeq()
 	type item struct {
-		seq  uint64
-		db   *DB
-		file ltx.FileInfo
+		stamp ltx.Stamp
+		db    *DB
+		file  ltx.FileInfo
 	}
 	var items []item
+	last := t.watermark()
 	for _, db := range s.Store.DBs() {
 		name, from := db.Name(), sent[db.Name()]
 		plan, err := planSend(db, from, true)
@@ -191,24 +196,37 @@ func (s *Server) sendOrdered(ctx context.Context, st *streamWriter, t *syncTrack
 			return fmt.Errorf("send %q: %w", name, err)
 		}
 		if plan.snapshot {
-			pos, err := s.sendDB(ctx, st, db, from, logger)
+			logSnapshot(logger, db, plan, from)
+			snap, err := s.writeSnapshot(ctx, db, snapshotUnstamped)
+			if err != nil {
+				return fmt.Errorf("send %q: %w", name, err)
+			}
+			snap.plan, snap.from = plan, from
+			pos, err := s.sendSnapshotFile(st, db, snap, logger)
+			_ = os.Remove(snap.path)
 			if err != nil {
 				return fmt.Errorf("send %q: %w", name, err)
 			}
 			sent[name] = pos
-			continue
+			continue // its files after the snapshot: next round
 		}
-		prev := uint64(0)
+		prev := ltx.Stamp(0)
 		for _, f := range plan.files {
-			seq := max(t.seqOf(name, f.MaxTXID), prev)
-			if seq > last {
+			stamp, err := db.Log().Stamp(f)
+			if errors.Is(err, os.ErrNotExist) {
+				break // removed by retention meanwhile: a snapshot next round
+			} else if err != nil {
+				return fmt.Errorf("send %q: %w", name, err)
+			}
+			stamp = max(stamp, prev)
+			if stamp > last {
 				break // published after the round began: the next round sends it
 			}
-			items = append(items, item{seq: seq, db: db, file: f})
-			prev = seq
+			items = append(items, item{stamp: stamp, db: db, file: f})
+			prev = stamp
 		}
 	}
-	sort.SliceStable(items, func(i, j int) bool { return items[i].seq < items[j].seq })
+	sort.SliceStable(items, func(i, j int) bool { return items[i].stamp < items[j].stamp })
 	gone := make(map[*DB]bool) // removed by retention meanwhile: a snapshot next round
 	for _, it := range items {
 		if gone[it.db] {
@@ -336,6 +354,48 @@ func (s *Server) sendDB(ctx context.Context, st *streamWriter, db *DB, from ltx.
 		}
 		// Removed by retention meanwhile: a snapshot instead.
 	}
+	logSnapshot(logger, db, plan, from)
+	snap, err := s.writeSnapshot(ctx, db, snapshotStamped)
+	if err != nil {
+		return from, err
+	}
+	defer os.Remove(snap.path)
+	snap.plan, snap.from = plan, from
+	return s.sendSnapshotFile(st, db, snap, logger)
+}
+
+// snapshotFile is a snapshot written for a replica, in the store's
+// temporary directory, and why it is sent.
+type snapshotFile struct {
+	path string
+	hdr  ltx.Header
+	post checksum.Checksum
+	plan sendPlan
+	from ltx.Pos
+}
+
+// writeSnapshot writes a snapshot of db to a temporary file, which the
+// caller removes.
+func (s *Server) writeSnapshot(ctx context.Context, db *DB, stamping snapshotStamp) (*snapshotFile, error) {
+	f, err := os.CreateTemp(s.Store.TempDir(), "snapshot-*.ltx")
+	if err != nil {
+		return nil, err
+	}
+	snap := &snapshotFile{path: f.Name()}
+	defer f.Close()
+	if snap.hdr, snap.post, err = db.writeSnapshot(ctx, f, stamping); err == nil {
+		err = f.Close()
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+		return nil, err
+	}
+	return snap, nil
+}
+
+// logSnapshot says why a replica at from is sent a snapshot, before it is
+// written: writing one waits for a transaction in progress.
+func logSnapshot(logger *slog.Logger, db *DB, plan sendPlan, from ltx.Pos) {
 	if plan.unknown {
 		logger.Warn("the log no longer reaches back to the replica's position, so it cannot tell whether the replica's history is the primary's; sending a snapshot, and the replica keeps its state aside",
 			slog.String(LogKeyDB, db.Name()), slog.String("replica_pos", from.String()), slog.String("pos", plan.cur.String()))
@@ -343,7 +403,16 @@ func (s *Server) sendDB(ctx context.Context, st *streamWriter, db *DB, from ltx.
 		logger.Warn("replica's history differs from the primary's; sending a snapshot",
 			slog.String(LogKeyDB, db.Name()), slog.String("replica_pos", from.String()), slog.String("pos", plan.cur.String()))
 	}
-	return s.sendSnapshot(ctx, st, db, plan.divergent)
+}
+
+// sendSnapshotFile sends a snapshot written by writeSnapshot and returns
+// the position sent.
+func (s *Server) sendSnapshotFile(st *streamWriter, db *DB, snap *snapshotFile, logger *slog.Logger) (ltx.Pos, error) {
+	if err := s.sendFile(st, snap.path, streamBegin{DB: db.Name(), Snapshot: true, Divergent: snap.plan.divergent}); err != nil {
+		return ltx.Pos{}, err
+	}
+	s.Store.Metrics.snapshotSent()
+	return ltx.Pos{TXID: snap.hdr.MaxTXID, Checksum: snap.post}, nil
 }
 
 // sendLog sends the LTX files of a plan and returns the position reached.
@@ -360,27 +429,6 @@ func (s *Server) sendLog(st *streamWriter, db *DB, files []ltx.FileInfo, from lt
 		from = ltx.Pos{TXID: f.MaxTXID, Checksum: post}
 	}
 	return from, nil
-}
-
-func (s *Server) sendSnapshot(ctx context.Context, st *streamWriter, db *DB, divergent bool) (ltx.Pos, error) {
-	f, err := os.CreateTemp(s.Store.TempDir(), "snapshot-*.ltx")
-	if err != nil {
-		return ltx.Pos{}, err
-	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	hdr, post, err := db.WriteSnapshot(ctx, f)
-	if err != nil {
-		return ltx.Pos{}, err
-	}
-	if err := f.Close(); err != nil {
-		return ltx.Pos{}, err
-	}
-	if err := s.sendFile(st, f.Name(), streamBegin{DB: db.Name(), Snapshot: true, Divergent: divergent}); err != nil {
-		return ltx.Pos{}, err
-	}
-	s.Store.Metrics.snapshotSent()
-	return ltx.Pos{TXID: hdr.MaxTXID, Checksum: post}, nil
 }
 
 // sendFile sends the file at path as begin, chunks and end frames.

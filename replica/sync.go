@@ -46,37 +46,45 @@ type syncTracker struct {
 	metrics  *Metrics
 
 	mu       sync.Mutex
-	acks     map[string]map[string]ltx.Pos // stream session -> what that candidate holds
-	released map[string]ltx.Pos            // db -> newest released (or inherited) position
-	latest   map[string]ltx.Pos            // db -> newest committed position
-	waiters  []*syncWaiter                 // in commit order
-	async    bool                          // fallen back to asynchronous replication
-	err      error                         // set while demoting: waiting commits fail with it
+	acks     map[string]syncAck // stream session -> what that candidate holds
+	released map[string]ltx.Pos // db -> newest released (or inherited) position
+	latest   map[string]ltx.Pos // db -> newest committed position
+	// The newest stamps released and committed. A candidate counts for a
+	// commit only if its own stamp (Store.Stamp, what the election
+	// compares) is at least the commit's: a candidate that holds a commit
+	// by a snapshot (which carries no stamp, see sendOrdered) but has not
+	// yet received a newer file would otherwise be a holder an election
+	// could pass over.
+	releasedStamp, latestStamp ltx.Stamp
+	waiters                    []*syncWaiter // in commit order
+	async                      bool          // fallen back to asynchronous replication
+	err                        error         // set while demoting: waiting commits fail with it
 
-	// Publish order: every commit gets the next seq as its position is
-	// published, under mu, and the stream sends files in that order (see
-	// Server.sendOrdered), so a candidate always holds a prefix of it and
-	// any two candidates' positions are ordered: one has everything the
-	// other has. The election's "more transactions" rule needs that.
-	seq   uint64
-	seqs  map[string]map[ltx.TXID]uint64 // db -> txid -> seq, the newest maxSeqs
-	order []seqKey                       // the same, oldest first, to forget the oldest
+	// Publish order: every commit reserves the next place (its stamp,
+	// see ltx.Stamp) before its LTX file is written, and the stream sends
+	// files in stamp order up to the watermark, below which every place
+	// is filled (published) or given up (see Server.sendOrdered). So a
+	// candidate always holds a prefix of the primary's history across
+	// databases, and any two candidates' positions are ordered by their
+	// newest stamps: the one with the newer stamp has everything the
+	// other has of every acknowledged transaction. The election needs it.
+	term    uint64                 // the lease term this primary writes under
+	seq     uint64                 // the last place given out
+	pending map[ltx.Stamp]struct{} // places reserved, not yet filled or given up
 }
 
-type seqKey struct {
-	db   string
-	txid ltx.TXID
+// syncAck is what a candidate reported holding.
+type syncAck struct {
+	pos   map[string]ltx.Pos
+	stamp ltx.Stamp
 }
-
-// maxSeqs bounds how many commits' seqs are kept; older ones count as
-// published before every kept one.
-const maxSeqs = 1 << 16
 
 type syncWaiter struct {
-	db   string
-	pos  ltx.Pos
-	done chan struct{} // closed when released or aborted
-	err  error         // why it was aborted
+	db    string
+	pos   ltx.Pos
+	stamp ltx.Stamp
+	done  chan struct{} // closed when released or aborted
+	err   error         // why it was aborted
 }
 
 func newSyncTracker(replicas int, timeout time.Duration, fallback string, logger *slog.Logger, m *Metrics) *syncTracker {
@@ -85,55 +93,56 @@ func newSyncTracker(replicas int, timeout time.Duration, fallback string, logger
 	}
 	return &syncTracker{
 		replicas: replicas, timeout: timeout, fallback: fallback, logger: logger, metrics: m,
-		acks: make(map[string]map[string]ltx.Pos), released: make(map[string]ltx.Pos), latest: make(map[string]ltx.Pos),
-		seqs: make(map[string]map[ltx.TXID]uint64),
+		acks: make(map[string]syncAck), released: make(map[string]ltx.Pos), latest: make(map[string]ltx.Pos),
+		pending: make(map[ltx.Stamp]struct{}),
 	}
 }
 
-// reset starts a term as primary at positions: everything this node holds
-// counts as released, since it cannot tell which of it the previous
-// primary acknowledged.
-func (t *syncTracker) reset(positions map[string]ltx.Pos) {
+// reset starts a term as primary at positions, writing under the lease
+// term: everything this node holds counts as released, since it cannot
+// tell which of it the previous primary acknowledged.
+func (t *syncTracker) reset(positions map[string]ltx.Pos, term uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.acks = make(map[string]map[string]ltx.Pos)
+	t.acks = make(map[string]syncAck)
 	t.released, t.latest = make(map[string]ltx.Pos), make(map[string]ltx.Pos)
+	t.releasedStamp, t.latestStamp = 0, 0
 	maps.Copy(t.released, positions)
 	maps.Copy(t.latest, positions)
 	t.async, t.err = false, nil
-	t.seqs, t.order = make(map[string]map[ltx.TXID]uint64), nil
+	t.term, t.seq, t.pending = term, 0, make(map[ltx.Stamp]struct{})
 	t.metrics.syncMode(false)
 }
 
-// seqOf returns the publish seq of database db's transaction txid; 0 for
-// one published before every seq kept (or not through the tracker).
-func (t *syncTracker) seqOf(db string, txid ltx.TXID) uint64 {
+// reserve returns the stamp of a commit about to be logged: the next
+// place in the publish order, which stays reserved, holding the watermark
+// below it, until the commit is published or cancelled.
+func (t *syncTracker) reserve() ltx.Stamp {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.seqs[db][txid]
-}
-
-// lastSeq returns the newest publish seq: every commit with a seq up to it
-// is published.
-func (t *syncTracker) lastSeq() uint64 {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.seq
-}
-
-// recordLocked gives database db's transaction txid the next seq. t.mu held.
-func (t *syncTracker) recordLocked(db string, txid ltx.TXID) {
 	t.seq++
-	if t.seqs[db] == nil {
-		t.seqs[db] = make(map[ltx.TXID]uint64)
+	s := ltx.NewStamp(t.term, t.seq)
+	t.pending[s] = struct{}{}
+	return s
+}
+
+// cancel gives up a reserved place: its commit was not logged.
+func (t *syncTracker) cancel(s ltx.Stamp) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.pending, s)
+}
+
+// watermark returns the stamp up to which every place in the publish
+// order is published or given up (and every earlier term's).
+func (t *syncTracker) watermark() ltx.Stamp {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	w := ltx.NewStamp(t.term, t.seq)
+	for s := range t.pending {
+		w = min(w, s-1)
 	}
-	t.seqs[db][txid] = t.seq
-	t.order = append(t.order, seqKey{db, txid})
-	if len(t.order) > maxSeqs {
-		old := t.order[0]
-		delete(t.seqs[old.db], old.txid)
-		t.order = t.order[1:]
-	}
+	return w
 }
 
 // abort fails every waiting commit with err, and those that start until
@@ -160,11 +169,12 @@ func (t *syncTracker) mode() string {
 }
 
 // ack records that the candidate on stream session holds positions
-// durably, and releases the commits that now may return.
-func (t *syncTracker) ack(session string, positions map[string]ltx.Pos) {
+// durably, with stamp its newest (see Store.Stamp), and releases the
+// commits that now may return.
+func (t *syncTracker) ack(session string, positions map[string]ltx.Pos, stamp ltx.Stamp) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.acks[session] = positions
+	t.acks[session] = syncAck{pos: positions, stamp: stamp}
 	t.releaseLocked()
 }
 
@@ -181,7 +191,6 @@ func (t *syncTracker) forget(db string) {
 	defer t.mu.Unlock()
 	delete(t.released, db)
 	delete(t.latest, db)
-	delete(t.seqs, db)
 	t.releaseLocked()
 }
 
@@ -203,11 +212,12 @@ func covers(have, want map[string]ltx.Pos) bool {
 	return true
 }
 
-// holders counts the candidates holding every position in want.
-func (t *syncTracker) holders(want map[string]ltx.Pos) int {
+// holders counts the candidates holding every position in want, with a
+// stamp of at least stamp.
+func (t *syncTracker) holders(want map[string]ltx.Pos, stamp ltx.Stamp) int {
 	n := 0
 	for _, have := range t.acks {
-		if covers(have, want) {
+		if have.stamp >= stamp && covers(have.pos, want) {
 			n++
 		}
 	}
@@ -220,9 +230,9 @@ func (t *syncTracker) holders(want map[string]ltx.Pos) int {
 // committed position. t.mu held.
 func (t *syncTracker) releaseLocked() {
 	if t.async {
-		if t.holders(t.latest) >= t.replicas {
+		if t.holders(t.latest, t.latestStamp) >= t.replicas {
 			t.async = false
-			t.released = maps.Clone(t.latest)
+			t.released, t.releasedStamp = maps.Clone(t.latest), t.latestStamp
 			t.metrics.syncMode(false)
 			t.logger.Warn("a candidate caught up: replication is synchronous again; commits wait for candidates' acknowledgements",
 				slog.Int("sync_replicas", t.replicas))
@@ -233,8 +243,9 @@ func (t *syncTracker) releaseLocked() {
 	for _, w := range t.waiters {
 		want := maps.Clone(t.released)
 		want[w.db] = w.pos
-		if t.holders(want) >= t.replicas {
-			t.released = want
+		stamp := max(t.releasedStamp, w.stamp)
+		if t.holders(want, stamp) >= t.replicas {
+			t.released, t.releasedStamp = want, stamp
 			close(w.done)
 			continue
 		}
@@ -244,32 +255,34 @@ func (t *syncTracker) releaseLocked() {
 	t.waiters = kept
 }
 
-// publish publishes the commit that moves database db from prev to pos
-// (publish makes the position visible), in publish order, and returns what
-// to wait on: nil in asynchronous mode, when the commit need not wait.
-// It fails if the node is stepping down.
-func (t *syncTracker) publish(db string, pos ltx.Pos, publish func()) (*syncWaiter, error) {
+// publish publishes the commit, stamped s, that moves database db to pos
+// (publish makes the position visible), and returns what to wait on: nil
+// in asynchronous mode, when the commit need not wait. It fails if the
+// node is stepping down; s's place is filled either way.
+func (t *syncTracker) publish(db string, pos ltx.Pos, s ltx.Stamp, publish func()) (*syncWaiter, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	delete(t.pending, s)
 	if t.err != nil {
 		return nil, t.err
 	}
-	t.recordLocked(db, pos.TXID)
 	t.latest[db] = pos
+	t.latestStamp = max(t.latestStamp, s)
 	publish()
 	if t.async {
 		t.releaseLocked() // the new position may be what a candidate already holds
 		return nil, nil
 	}
-	w := &syncWaiter{db: db, pos: pos, done: make(chan struct{})}
+	w := &syncWaiter{db: db, pos: pos, stamp: s, done: make(chan struct{})}
 	t.waiters = append(t.waiters, w)
 	t.releaseLocked()
 	return w, nil
 }
 
-// wait publishes as publish does and waits as await does.
+// wait reserves a place, publishes as publish does and waits as await
+// does.
 func (t *syncTracker) wait(db string, prev, pos ltx.Pos) error {
-	w, err := t.publish(db, pos, func() {})
+	w, err := t.publish(db, pos, t.reserve(), func() {})
 	if err != nil || w == nil {
 		return err
 	}
@@ -319,7 +332,6 @@ func (t *syncTracker) await(w *syncWaiter, prev ltx.Pos) error {
 		return nil
 	}
 	t.latest[db] = prev
-	delete(t.seqs[db], pos.TXID)
 	return fmt.Errorf("%w: database %q txid %s, %d of %d candidates (waited %s)",
-		ErrSyncTimeout, db, pos.TXID, t.holders(map[string]ltx.Pos{db: pos}), t.replicas, t.timeout)
+		ErrSyncTimeout, db, pos.TXID, t.holders(map[string]ltx.Pos{db: pos}, w.stamp), t.replicas, t.timeout)
 }

@@ -66,7 +66,7 @@ func ackWhenMoved(s *Store, db *DB, session string, txid ltx.TXID) {
 				for _, d := range s.DBs() {
 					pos[d.Name()] = d.Pos()
 				}
-				s.syncTracker().ack(session, pos)
+				s.syncTracker().ack(session, pos, s.Stamp())
 				return
 			}
 			select {
@@ -135,7 +135,7 @@ func TestSync_Commit(t *testing.T) {
 			t.Fatalf("async commit: %v after %s", err, time.Since(start))
 		}
 		// A candidate that catches up brings synchronous mode back.
-		s.syncTracker().ack("c1", map[string]ltx.Pos{"a": db.Pos()})
+		s.syncTracker().ack("c1", map[string]ltx.Pos{"a": db.Pos()}, s.Stamp())
 		if got := s.syncTracker().mode(); got != SyncModeSync {
 			t.Fatalf("mode %q after catching up, want sync", got)
 		}
@@ -181,10 +181,11 @@ func TestSync_Commit(t *testing.T) {
 func TestSyncTracker(t *testing.T) {
 	pos := func(txid ltx.TXID, sum byte) ltx.Pos { return ltx.Pos{TXID: txid, Checksum: checksum.Checksum(sum)} }
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	newest := ltx.NewStamp(1, 100) // a candidate's stamp newer than every commit's here
 
 	t.Run("GroupCommit", func(t *testing.T) {
 		tr := newSyncTracker(1, 5*time.Second, SyncFallbackFail, logger, nil)
-		tr.reset(nil)
+		tr.reset(nil, 1)
 		done := make(chan error, 2)
 		go func() { done <- tr.wait("a", ltx.Pos{}, pos(1, 1)) }()
 		go func() { done <- tr.wait("b", ltx.Pos{}, pos(1, 2)) }()
@@ -197,7 +198,7 @@ func TestSyncTracker(t *testing.T) {
 			}
 			time.Sleep(time.Millisecond)
 		}
-		tr.ack("c1", map[string]ltx.Pos{"a": pos(1, 1), "b": pos(1, 2)}) // one report releases both
+		tr.ack("c1", map[string]ltx.Pos{"a": pos(1, 1), "b": pos(1, 2)}, newest) // one report releases both
 		for i := 0; i < 2; i++ {
 			select {
 			case err := <-done:
@@ -212,14 +213,14 @@ func TestSyncTracker(t *testing.T) {
 
 	t.Run("HoldsEverythingReleased", func(t *testing.T) {
 		tr := newSyncTracker(1, 5*time.Second, SyncFallbackFail, logger, nil)
-		tr.reset(nil)
+		tr.reset(nil, 1)
 		// c1 releases a:1; c2 holds b:1 but not a:1, so it cannot release
 		// b:1: then no candidate would hold both.
-		tr.ack("c1", map[string]ltx.Pos{"a": pos(1, 1)})
+		tr.ack("c1", map[string]ltx.Pos{"a": pos(1, 1)}, newest)
 		if err := tr.wait("a", ltx.Pos{}, pos(1, 1)); err != nil {
 			t.Fatal(err)
 		}
-		tr.ack("c2", map[string]ltx.Pos{"b": pos(1, 2)})
+		tr.ack("c2", map[string]ltx.Pos{"b": pos(1, 2)}, newest)
 		tr.timeout = 100 * time.Millisecond
 		if err := tr.wait("b", ltx.Pos{}, pos(1, 2)); !errors.Is(err, ErrSyncTimeout) {
 			t.Fatalf("wait: %v, want ErrSyncTimeout", err)
@@ -228,12 +229,28 @@ func TestSyncTracker(t *testing.T) {
 
 	t.Run("OtherHistory", func(t *testing.T) {
 		tr := newSyncTracker(1, 100*time.Millisecond, SyncFallbackFail, logger, nil)
-		tr.reset(nil)
+		tr.reset(nil, 1)
 		// A candidate holding a taken-back transaction at the same TXID
 		// does not hold this one.
-		tr.ack("c1", map[string]ltx.Pos{"a": pos(1, 9)})
+		tr.ack("c1", map[string]ltx.Pos{"a": pos(1, 9)}, newest)
 		if err := tr.wait("a", ltx.Pos{}, pos(1, 1)); !errors.Is(err, ErrSyncTimeout) {
 			t.Fatalf("wait: %v, want ErrSyncTimeout", err)
+		}
+	})
+
+	t.Run("OlderStamp", func(t *testing.T) {
+		tr := newSyncTracker(1, 100*time.Millisecond, SyncFallbackFail, logger, nil)
+		tr.reset(nil, 2)
+		// A candidate that holds the position (through a snapshot) but
+		// whose own stamp is older than the commit's does not count: an
+		// election would compare that older stamp.
+		tr.ack("c1", map[string]ltx.Pos{"a": pos(1, 1)}, ltx.NewStamp(1, 7))
+		if err := tr.wait("a", ltx.Pos{}, pos(1, 1)); !errors.Is(err, ErrSyncTimeout) {
+			t.Fatalf("wait: %v, want ErrSyncTimeout", err)
+		}
+		tr.ack("c1", map[string]ltx.Pos{"a": pos(1, 1)}, ltx.NewStamp(2, 2)) // the second commit: place 2
+		if err := tr.wait("a", ltx.Pos{}, pos(1, 1)); err != nil {
+			t.Fatalf("wait with the commit's stamp: %v", err)
 		}
 	})
 
@@ -241,8 +258,8 @@ func TestSyncTracker(t *testing.T) {
 		tr := newSyncTracker(1, 100*time.Millisecond, SyncFallbackFail, logger, nil)
 		// A new primary counts what it holds as acknowledged: a candidate
 		// must hold it too before this term's commits count.
-		tr.reset(map[string]ltx.Pos{"a": pos(5, 5)})
-		tr.ack("c1", map[string]ltx.Pos{"a": pos(4, 4), "b": pos(1, 1)})
+		tr.reset(map[string]ltx.Pos{"a": pos(5, 5)}, 1)
+		tr.ack("c1", map[string]ltx.Pos{"a": pos(4, 4), "b": pos(1, 1)}, newest)
 		if err := tr.wait("b", ltx.Pos{}, pos(1, 1)); !errors.Is(err, ErrSyncTimeout) {
 			t.Fatalf("wait: %v, want ErrSyncTimeout", err)
 		}
@@ -253,14 +270,22 @@ func TestRole_SyncElection(t *testing.T) {
 	for _, tt := range []struct {
 		name   string
 		sync   int
-		others map[string]map[string]uint64 // other candidates' published TXIDs
+		n      int                       // lease.candidates
+		others map[string]lease.Position // other candidates' published positions
 		want   bool
 	}{
-		{"AsyncAlone", 0, nil, true},
-		{"SyncAlone", 1, nil, false},
-		{"SyncHeardFromOne", 1, map[string]map[string]uint64{"b": {"a": 0}}, true},
-		{"SyncOtherAhead", 1, map[string]map[string]uint64{"b": {"a": 5}}, false},
-		{"SyncTwoHeardFromOne", 2, map[string]map[string]uint64{"b": {"a": 0}}, false},
+		{"AsyncAlone", 0, 0, nil, true},
+		{"SyncAlone", 1, 0, nil, false},
+		{"SyncHeardFromOne", 1, 0, map[string]lease.Position{"b": {TXIDs: map[string]uint64{"a": 0}}}, true},
+		{"SyncOtherAhead", 1, 0, map[string]lease.Position{"b": {TXIDs: map[string]uint64{"a": 5}}}, false},
+		// Equal TXIDs: the newer stamp (a later term) is ahead.
+		{"SyncOtherNewerTerm", 1, 0, map[string]lease.Position{"b": {TXIDs: map[string]uint64{}, Stamp: 2 << 40}}, false},
+		{"SyncTwoHeardFromOne", 2, 0, map[string]lease.Position{"b": {TXIDs: map[string]uint64{"a": 0}}}, false},
+		// Five candidates, sync-replicas 1: four remain when the primary
+		// is gone, and only hearing from three of them meets the one
+		// holding every acknowledged transaction for sure.
+		{"SyncFiveHeardFromTwo", 1, 5, map[string]lease.Position{"b": {}, "c": {}}, false},
+		{"SyncFiveHeardFromThree", 1, 5, map[string]lease.Position{"b": {}, "c": {}, "d": {}}, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			mem := lease.NewMemory()
@@ -271,14 +296,14 @@ func TestRole_SyncElection(t *testing.T) {
 			}
 			t.Cleanup(func() { _ = s.Close() })
 			s.SetPrimary(false)
-			for name, txids := range tt.others {
-				if err := mem.Leaser(lease.Node{Hostname: name, Candidate: true}, time.Second, 0).Publish(context.Background(), txids); err != nil {
+			for name, p := range tt.others {
+				if err := mem.Leaser(lease.Node{Hostname: name, Candidate: true}, time.Second, 0).Publish(context.Background(), p); err != nil {
 					t.Fatal(err)
 				}
 			}
 			r := NewRole(mem.Leaser(lease.Node{Hostname: "self", Candidate: true}, time.Second, 0), s, nil, nil)
-			r.SyncReplicas = tt.sync
-			if got := r.elect(context.Background(), false); got != tt.want {
+			r.SyncReplicas, r.Candidates = tt.sync, tt.n
+			if got := r.elect(context.Background(), false, 0); got != tt.want {
 				t.Errorf("elected %v, want %v", got, tt.want)
 			}
 			if got := s.IsPrimary(); got != tt.want {

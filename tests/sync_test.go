@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/litefs-project/litefs/ltx"
 	"github.com/litefs-project/litefs/replica"
 )
 
@@ -76,6 +77,177 @@ func TestSync_CrashFailovers(t *testing.T) {
 	sort.Slice(elections, func(i, j int) bool { return elections[i] < elections[j] })
 	t.Logf("%d crash failovers with sync-replicas 1, %d writes acknowledged, none lost; new primary after %s (median) / %s (max)",
 		rounds, acked, elections[len(elections)/2].Round(time.Millisecond), elections[len(elections)-1].Round(time.Millisecond))
+}
+
+// TestSync_CrashAfterUnreplicatedCommit holds every candidate behind (a
+// read transaction on each keeps its rollback-journal database
+// SHARED-locked, so the stream's file waits to be applied, and is never
+// acknowledged), commits on the primary, and kills it. With sync-replicas
+// 1 the COMMIT fails after sync-timeout, so the new primary, which lacks
+// the row, has every acknowledged one. The same steps without
+// sync-replicas show what it prevents: the COMMIT returns, and the
+// acknowledged row is lost with the primary.
+func TestSync_CrashAfterUnreplicatedCommit(t *testing.T) {
+	for _, tt := range []struct {
+		name, lease string
+		sync        bool
+	}{
+		{"Sync", "  sync-replicas: 1\n  sync-timeout: 1s\n", true},
+		{"Async", "", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := startConsulClusterWith(t, 3, litefsBin, syncLease(tt.lease))
+			p := c.WaitPrimary(t, 15*time.Second)
+			mustSQLite3(t, p.Path("s"), "CREATE TABLE t(id INTEGER PRIMARY KEY, node TEXT); INSERT INTO t VALUES(1, 'first');")
+			c.WaitConverged(t, "s")
+			acks := []ack{{id: 1}}
+			var readers []*sql.Tx
+			for _, n := range c.Nodes {
+				if n == p {
+					continue
+				}
+				db := n.OpenDB("s", "DELETE")
+				db.SetMaxOpenConns(1)
+				tx, err := db.Begin()
+				if err != nil {
+					t.Fatal(err)
+				}
+				var k int
+				if err := tx.QueryRow(`SELECT count(*) FROM t`).Scan(&k); err != nil || k != 1 {
+					t.Fatalf("read on %s: %d %v", n.Name, k, err)
+				}
+				readers = append(readers, tx)
+			}
+			pdb := p.OpenDB("s", "DELETE")
+			pdb.SetMaxOpenConns(1)
+			_, err := pdb.Exec(`INSERT INTO t VALUES (2, 'unreplicated')`)
+			switch {
+			case tt.sync && (err == nil || !strings.Contains(err.Error(), "disk I/O error")):
+				t.Fatalf("commit no candidate could apply: %v, want disk I/O error after sync-timeout", err)
+			case !tt.sync && err != nil:
+				t.Fatalf("asynchronous commit: %v", err)
+			case err == nil:
+				acks = append(acks, ack{id: 2})
+			}
+			_ = pdb.Close()
+
+			p.Kill()
+			np := waitNewPrimary(t, c, p)
+			for _, tx := range readers {
+				_ = tx.Rollback()
+			}
+			got := dump(t, np, "s", "SELECT group_concat(id) FROM t")
+			if tt.sync {
+				checkNoneLost(t, np, "s", acks)
+				if got != "1" {
+					t.Fatalf("rows on the new primary %s: %s, want 1", np.Name, got)
+				}
+				return
+			}
+			// Asynchronous: the acknowledged row 2 went with the primary.
+			if got != "1" {
+				t.Fatalf("rows on the new primary %s: %s; want 1, the acknowledged row 2 lost (asynchronous replication)", np.Name, got)
+			}
+		})
+	}
+}
+
+// TestSync_EqualTXIDs is the case elections must not tie on: the
+// primary A writes TXID n+1, never acknowledged (its candidates are held
+// behind by readers), and is killed; B becomes primary at n and commits
+// its own n+1, acknowledged by C; B is killed, and A comes back while C
+// waits for a second candidate's position. A and C are both at n+1, with
+// different content: C's, of the later term, must win, or the
+// acknowledged transaction is lost.
+func TestSync_EqualTXIDs(t *testing.T) {
+	c := startConsulClusterWith(t, 3, litefsBin, syncLease("  sync-replicas: 1\n  sync-timeout: 30s\n"))
+	a := c.WaitPrimary(t, 15*time.Second)
+	mustSQLite3(t, a.Path("s"), "CREATE TABLE t(id INTEGER PRIMARY KEY, node TEXT); INSERT INTO t VALUES(1, 'first');")
+	c.WaitConverged(t, "s")
+	n := a.Pos("s").TXID
+	var readers []*sql.Tx
+	for _, node := range c.Nodes {
+		if node == a {
+			continue
+		}
+		db := node.OpenDB("s", "DELETE")
+		db.SetMaxOpenConns(1)
+		tx, err := db.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var k int
+		if err := tx.QueryRow(`SELECT count(*) FROM t`).Scan(&k); err != nil {
+			t.Fatal(err)
+		}
+		readers = append(readers, tx)
+	}
+	adb := a.OpenDB("s", "DELETE")
+	adb.SetMaxOpenConns(1)
+	done := make(chan error, 1)
+	go func() {
+		_, err := adb.Exec(`INSERT INTO t VALUES (2, 'never acknowledged')`)
+		done <- err
+	}()
+	// Published while it waits for a candidate: its LTX file is durable.
+	waitUntil(t, 10*time.Second, "A's commit to wait for acknowledgement", func() bool {
+		info, err := getAPIInfo(a)
+		if err != nil {
+			return false
+		}
+		pos, err := ltx.ParsePos(info.Positions["s"])
+		return err == nil && pos.TXID == n+1
+	})
+	a.Kill()
+	if err := <-done; err == nil {
+		t.Fatal("a commit whose primary was killed while it waited returned")
+	}
+	_ = adb.Close()
+	// The readers go once a new primary is elected and the other candidate
+	// follows it: their streams from A, with its file waiting to be
+	// applied, have ended by then.
+	b := waitNewPrimary(t, c, a)
+	cn := c.Nodes[0]
+	for _, node := range c.Nodes {
+		if node != a && node != b {
+			cn = node
+		}
+	}
+	waitUntil(t, 10*time.Second, cn.Name+" to follow "+b.Name, func() bool {
+		info, err := getAPIInfo(cn)
+		return err == nil && info.PrimaryURL == b.URL()
+	})
+	for _, tx := range readers {
+		_ = tx.Rollback()
+	}
+	bdb := b.OpenDB("s", "DELETE")
+	bdb.SetMaxOpenConns(1)
+	if _, err := bdb.Exec(`INSERT INTO t VALUES (3, 'acknowledged')`); err != nil {
+		t.Fatalf("commit on %s: %v", b.Name, err)
+	}
+	_ = bdb.Close()
+	if got := b.Pos("s").TXID; got != n+1 {
+		t.Fatalf("%s is at TXID %d, want %d (the same TXID as A's unacknowledged commit)", b.Name, got, n+1)
+	}
+	waitUntil(t, 10*time.Second, cn.Name+" to hold the acknowledged commit", func() bool { return cn.Pos("s") == b.Pos("s") })
+
+	// A comes back while the cluster elects: it never follows B, so it
+	// still holds its own TXID n+1.
+	b.Kill()
+	a.Start()
+	np := waitNewPrimary(t, c, b)
+	if np != cn {
+		t.Fatalf("%s was elected; %s holds the acknowledged commit at the same TXID", np.Name, cn.Name)
+	}
+	checkNoneLost(t, np, "s", []ack{{id: 1}, {id: 3}})
+	if got := dump(t, np, "s", "SELECT group_concat(id) FROM t"); got != "1,3" {
+		t.Fatalf("rows on %s: %s, want 1,3", np.Name, got)
+	}
+	// A follows the new primary: its unacknowledged commit is kept aside.
+	c.WaitConverged(t, "s")
+	if !strings.Contains(a.Logs(), "history differs") {
+		t.Errorf("%s's diverged history was not replaced:\n%s", a.Name, a.Logs())
+	}
 }
 
 // TestSync_Handoff hands the lease of a cluster with sync-replicas 1 to

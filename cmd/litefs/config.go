@@ -151,6 +151,11 @@ type LeaseConfig struct {
 	// "fail" (the COMMIT fails) or "async" (the primary goes on
 	// asynchronously until a candidate catches up).
 	SyncFallback string `yaml:"sync-fallback"`
+	// Candidates is how many candidates the cluster has, this one
+	// included; with sync-replicas k, an election waits for the positions
+	// of max(k, candidates-1-k) other candidates, so that it always sees
+	// one holding every acknowledged transaction. 0: at most 2k+1.
+	Candidates int `yaml:"candidates"`
 }
 
 // ConsulConfig is the Consul lease.
@@ -367,6 +372,13 @@ func (l *LeaseConfig) validateSync() error {
 		return fmt.Errorf("lease.sync-timeout: must be positive, got %s", l.SyncTimeout)
 	case l.SyncFallback != replica.SyncFallbackFail && l.SyncFallback != replica.SyncFallbackAsync:
 		return fmt.Errorf("lease.sync-fallback: must be fail or async, got %q", l.SyncFallback)
+	case l.Candidates < 0:
+		return fmt.Errorf("lease.candidates: must be 0 (at most 2 x sync-replicas + 1) or the number of candidate nodes, got %d", l.Candidates)
+	case l.SyncReplicas > 0 && l.Candidates > 0 && l.Candidates < l.SyncReplicas+1:
+		// The primary and k other candidates must exist for a commit to
+		// be acknowledged at all.
+		return fmt.Errorf("lease.candidates: %d candidates cannot acknowledge commits with lease.sync-replicas %d: a commit needs the primary and %d other candidates",
+			l.Candidates, l.SyncReplicas, l.SyncReplicas)
 	}
 	return nil
 }

@@ -184,6 +184,8 @@ func TestConfig_Validate(t *testing.T) {
 		{"SyncReplicasNegative", "{consul}  sync-replicas: -1\n  consul:\n    url: http://c:8500\n", "lease.sync-replicas"},
 		{"SyncTimeoutZero", "{consul}  sync-replicas: 1\n  sync-timeout: 0s\n  consul:\n    url: http://c:8500\n", "lease.sync-timeout"},
 		{"SyncFallbackBad", "{consul}  sync-replicas: 1\n  sync-fallback: wait\n  consul:\n    url: http://c:8500\n", "lease.sync-fallback"},
+		{"CandidatesNegative", "{consul}  sync-replicas: 1\n  candidates: -1\n  consul:\n    url: http://c:8500\n", "lease.candidates"},
+		{"CandidatesTooFew", "{consul}  sync-replicas: 2\n  candidates: 2\n  consul:\n    url: http://c:8500\n", "lease.candidates"},
 		{"PromoteStatic", "{base}lease:\n  promote: true\n", "lease.promote"},
 		{"TLSCertWithoutKey", "{base}http:\n  tls:\n    cert: /c.crt\n", "http.tls"},
 		{"TLSMutualWithoutCA", "{base}http:\n  tls:\n    cert: /c.crt\n    key: /c.key\n    mutual: true\n", "http.tls.mutual"},

@@ -160,7 +160,7 @@ func (c *MountCommand) Run(ctx context.Context) error {
 	cluster := &replica.NetCluster{Store: c.Store, Gate: c.FS, Server: c.Server, API: api, Self: c.Leaser.Self(), Logger: c.Logger}
 	c.Role = replica.NewRole(c.Leaser, c.Store, c.FS, cluster)
 	c.Role.Promote, c.Role.HandoffTimeout = c.Config.Lease.Promote, c.Config.Lease.HandoffTimeout
-	c.Role.SyncReplicas = c.Config.Lease.SyncReplicas
+	c.Role.SyncReplicas, c.Role.Candidates = c.Config.Lease.SyncReplicas, c.Config.Lease.Candidates
 	c.Server.Handoff = c.Role.Handoff
 
 	// A node whose lease never expires and is its own (the static
