@@ -134,10 +134,12 @@ func (a *Agent) Restart() {
 	a.mu.Unlock()
 	// Ready once it has a leader and has registered its own node, which
 	// sessions need.
-	deadline := time.Now().Add(30 * time.Second)
+	// A loaded machine (a parallel run, two cores) has taken more than
+	// 30s to start it once.
+	deadline := time.Now().Add(60 * time.Second)
 	for !a.ready() {
 		if time.Now().After(deadline) {
-			a.t.Fatalf("consul was not ready in 30s:\n%s", a.logs.String())
+			a.t.Fatalf("consul was not ready in 60s:\n%s", a.logs.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
