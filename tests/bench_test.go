@@ -55,18 +55,23 @@ func benchWrites(b *testing.B, modes []string, params string) {
 	for _, mode := range modes {
 		for _, target := range []string{"plain", "litefs"} {
 			b.Run(mode+"/"+target, func(b *testing.B) {
-				db := benchDB(b, target, mode+params)
-				v := strings.Repeat("x", 100)
-				b.ResetTimer()
-				for i := 0; i < b.N; i++ {
-					if _, err := db.Exec(`INSERT INTO t (v) VALUES (?)`, v); err != nil {
-						b.Fatal(err)
-					}
-				}
-				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tx/s")
+				benchInserts(b, benchDB(b, target, mode+params))
 			})
 		}
 	}
+}
+
+// benchInserts commits b.N single-row INSERTs into t, one per transaction,
+// and reports commits per second.
+func benchInserts(b *testing.B, db *sql.DB) {
+	v := strings.Repeat("x", 100)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := db.Exec(`INSERT INTO t (v) VALUES (?)`, v); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tx/s")
 }
 
 // BenchmarkPointRead: one SELECT by primary key per autocommit transaction.
@@ -222,14 +227,7 @@ func BenchmarkWriteTxLease(b *testing.B) {
 				if _, err := db.Exec(`CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT)`); err != nil {
 					b.Fatal(err)
 				}
-				v := strings.Repeat("x", 100)
-				b.ResetTimer()
-				for i := 0; i < b.N; i++ {
-					if _, err := db.Exec(`INSERT INTO t (v) VALUES (?)`, v); err != nil {
-						b.Fatal(err)
-					}
-				}
-				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tx/s")
+				benchInserts(b, db)
 			})
 		}
 	}
@@ -260,14 +258,7 @@ func BenchmarkWriteTxRetention(b *testing.B) {
 			if _, err := db.Exec(`CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)`); err != nil {
 				b.Fatal(err)
 			}
-			v := strings.Repeat("x", 100)
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				if _, err := db.Exec(`INSERT INTO t (v) VALUES (?)`, v); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tx/s")
+			benchInserts(b, db)
 		})
 	}
 }
