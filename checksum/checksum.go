@@ -91,7 +91,11 @@ func (t *Table) SetChecksum(pgno uint32, c Checksum) {
 		c = 0
 	}
 	if n := uint32(len(t.pages)); pgno > n {
-		t.grow(pgno)
+		// Pages skipped read as zeros; the page set needs no checksum
+		// of zeros first (appending page after page, as a full read
+		// does, would otherwise checksum every page twice).
+		t.grow(pgno - 1)
+		t.pages = append(t.pages, 0)
 	}
 	t.sum ^= t.pages[pgno-1] ^ c
 	t.pages[pgno-1] = c

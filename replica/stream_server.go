@@ -362,25 +362,68 @@ func (s *Server) sendLog(st *streamWriter, db *DB, files []ltx.FileInfo, from lt
 	return from, nil
 }
 
+// sendSnapshot streams a snapshot of db: the database is copied at its
+// position (commits wait only for the copy), then the copy is encoded
+// straight into the stream as an LTX snapshot, with no file built first.
+// Its size is not known ahead (the pages are compressed), so it is marked
+// streamed: the end frame ends it, and the replica relies on the LTX
+// file's own checksums and trailer to know it is whole.
 func (s *Server) sendSnapshot(ctx context.Context, st *streamWriter, db *DB, divergent bool) (ltx.Pos, error) {
-	f, err := os.CreateTemp(s.Store.TempDir(), "snapshot-*.ltx")
+	f, err := os.CreateTemp(s.Store.TempDir(), "snapshot-*.db")
 	if err != nil {
 		return ltx.Pos{}, err
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
-	hdr, post, err := db.WriteSnapshot(ctx, f)
+	hdr, post, err := db.CopySnapshot(ctx, f)
 	if err != nil {
 		return ltx.Pos{}, err
 	}
-	if err := f.Close(); err != nil {
+	if err := st.json(frameBegin, streamBegin{DB: db.Name(), Snapshot: true, Divergent: divergent, Streamed: true}); err != nil {
 		return ltx.Pos{}, err
 	}
-	if err := s.sendFile(st, f.Name(), streamBegin{DB: db.Name(), Snapshot: true, Divergent: divergent}); err != nil {
+	cw := &chunkWriter{w: st.w, buf: make([]byte, 0, chunkSize)}
+	if err := EncodeSnapshot(ctx, f, hdr, post, cw); err != nil {
+		return ltx.Pos{}, err
+	}
+	if err := cw.flush(); err != nil {
+		return ltx.Pos{}, err
+	}
+	if err := writeFrame(st.w, frameEnd, nil); err != nil {
 		return ltx.Pos{}, err
 	}
 	s.Store.Metrics.snapshotSent()
 	return ltx.Pos{TXID: hdr.MaxTXID, Checksum: post}, nil
+}
+
+// chunkWriter cuts what is written to it into chunk frames of chunkSize.
+type chunkWriter struct {
+	w   io.Writer
+	buf []byte
+}
+
+func (cw *chunkWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		k := min(len(p), chunkSize-len(cw.buf))
+		cw.buf = append(cw.buf, p[:k]...)
+		p = p[k:]
+		if len(cw.buf) == chunkSize {
+			if err := cw.flush(); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return n, nil
+}
+
+func (cw *chunkWriter) flush() error {
+	if len(cw.buf) == 0 {
+		return nil
+	}
+	err := writeFrame(cw.w, frameChunk, cw.buf)
+	cw.buf = cw.buf[:0]
+	return err
 }
 
 // sendFile sends the file at path as begin, chunks and end frames.
