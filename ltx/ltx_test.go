@@ -3,6 +3,8 @@ package ltx_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -158,4 +160,98 @@ func TestParsePos(t *testing.T) {
 			t.Errorf("%q: expected error", bad)
 		}
 	}
+}
+
+// encodeSnapshot encodes a snapshot of n pages of pageSize (the lock page
+// left out) and returns it with the table of its pages.
+func encodeSnapshot(t *testing.T, pageSize, n uint32) ([]byte, *checksum.Table) {
+	t.Helper()
+	tbl := checksum.NewTable(pageSize)
+	var pages []ltx.Page
+	for pgno := uint32(1); pgno <= n; pgno++ {
+		if pgno == checksum.LockPgno(pageSize) {
+			continue
+		}
+		data := make([]byte, pageSize)
+		for i := range data {
+			data[i] = byte(int(pgno)*7 + i*i) // some compressible, some not
+		}
+		tbl.Set(pgno, data)
+		pages = append(pages, ltx.Page{Pgno: pgno, Data: data})
+	}
+	tbl.Truncate(n)
+	var buf bytes.Buffer
+	hdr := ltx.Header{PageSize: pageSize, Commit: n, MinTXID: 1, MaxTXID: 9, Timestamp: 1}
+	if err := ltx.Encode(&buf, hdr, pages, tbl.Sum()); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes(), tbl
+}
+
+// readSnapshot reads b with a SnapshotReader into a table.
+func readSnapshot(b []byte) (*checksum.Table, checksum.Checksum, error) {
+	d, err := ltx.NewSnapshotReader(bytes.NewReader(b))
+	if err != nil {
+		return nil, 0, err
+	}
+	tbl := checksum.NewTable(d.Header().PageSize)
+	buf := make([]byte, d.Header().PageSize)
+	for {
+		pgno, c, err := d.Next(buf)
+		if errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			return nil, 0, err
+		}
+		if c != checksum.Page(pgno, buf) {
+			return nil, 0, fmt.Errorf("page %d: checksum %s returned, page has %s", pgno, c, checksum.Page(pgno, buf))
+		}
+		tbl.SetChecksum(pgno, c)
+	}
+	post, err := d.Close()
+	return tbl, post, err
+}
+
+func TestSnapshotReader(t *testing.T) {
+	for _, tc := range []struct{ pageSize, n uint32 }{{512, 1}, {4096, 300}, {65536, 3}} {
+		b, want := encodeSnapshot(t, tc.pageSize, tc.n)
+		tbl, post, err := readSnapshot(b)
+		if err != nil {
+			t.Fatalf("%d pages of %d: %v", tc.n, tc.pageSize, err)
+		}
+		if post != want.Sum() || tbl.Sum() != want.Sum() || tbl.PageN() != tc.n {
+			t.Errorf("%d pages of %d: post %s, table %s (%d pages), want %s", tc.n, tc.pageSize, post, tbl.Sum(), tbl.PageN(), want.Sum())
+		}
+	}
+
+	b, _ := encodeSnapshot(t, 4096, 50)
+	t.Run("Truncated", func(t *testing.T) {
+		for _, n := range []int{0, 50, 100, 5000, len(b) / 2, len(b) - 17, len(b) - 1} {
+			if _, _, err := readSnapshot(b[:n]); err == nil {
+				t.Errorf("cut at %d of %d bytes: no error", n, len(b))
+			}
+		}
+	})
+	t.Run("Corrupt", func(t *testing.T) {
+		for _, off := range []int{10, 100, 103, 120, 3000, len(b) / 2, len(b) - 30, len(b) - 12, len(b) - 1} {
+			bad := bytes.Clone(b)
+			bad[off] ^= 0x01
+			if _, _, err := readSnapshot(bad); err == nil {
+				t.Errorf("byte %d of %d flipped: no error", off, len(b))
+			}
+		}
+		if _, _, err := readSnapshot(append(bytes.Clone(b), 0)); err == nil {
+			t.Error("byte appended: no error")
+		}
+	})
+	t.Run("NotSnapshot", func(t *testing.T) {
+		var buf bytes.Buffer
+		hdr := ltx.Header{PageSize: 512, Commit: 2, MinTXID: 2, MaxTXID: 2, PreApplyChecksum: checksum.Flag | 1}
+		if err := ltx.Encode(&buf, hdr, []ltx.Page{{Pgno: 2, Data: page(1, 512)}}, checksum.Flag|2); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := readSnapshot(buf.Bytes()); err == nil {
+			t.Error("no error")
+		}
+	})
 }

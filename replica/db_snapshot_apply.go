@@ -2,6 +2,7 @@ package replica
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -138,14 +139,11 @@ func decodeSnapshot(r io.Reader, dir string) (_ *receivedSnapshot, err error) {
 		}
 		return corruptSnapshot(err)
 	}
-	dec, err := ltx.NewDecoder(bufio.NewReaderSize(io.TeeReader(r, lw), 256<<10))
+	dec, err := ltx.NewSnapshotReader(bufio.NewReaderSize(io.TeeReader(r, lw), 256<<10))
 	if err != nil {
 		return nil, corrupt(err)
 	}
 	hdr := dec.Header()
-	if !hdr.IsSnapshot() {
-		return nil, corruptSnapshot(fmt.Errorf("ltx file %s-%s is not a snapshot", hdr.MinTXID, hdr.MaxTXID))
-	}
 	ps := int64(hdr.PageSize)
 	size := int64(hdr.Commit) * ps
 	if err := reserve(df, size); err != nil {
@@ -154,38 +152,47 @@ func decodeSnapshot(r io.Reader, dir string) (_ *receivedSnapshot, err error) {
 	tbl := checksum.NewTable(hdr.PageSize)
 	dw := &writeback{f: df}
 	// Pages arrive in order (a snapshot holds pages 1 to its commit size,
-	// all but the lock page): they are written in runs of up to 1 MiB.
-	run := make([]byte, 0, max(ps, 1<<20/ps*ps))
-	var runStart uint32
+	// all but the lock page) and are written in runs of up to 1 MiB.
+	run := make([]byte, max(ps, 1<<20/ps*ps))
+	var runStart, runN uint32
 	flush := func() error {
-		if len(run) == 0 {
+		if runN == 0 {
 			return nil
 		}
-		if _, err := df.WriteAt(run, int64(runStart-1)*ps); err != nil {
+		n := int64(runN) * ps
+		if _, err := df.WriteAt(run[:n], int64(runStart-1)*ps); err != nil {
 			return err
 		}
-		dw.wrote(int64(len(run)))
-		run = run[:0]
+		dw.wrote(n)
+		runN = 0
 		return nil
 	}
-	buf := make([]byte, ps)
 	for {
-		pgno, err := dec.Next(buf)
+		if runN > 0 && int64(runN+1)*ps > int64(len(run)) {
+			if err := flush(); err != nil {
+				return nil, err
+			}
+		}
+		off := int64(runN) * ps
+		pgno, c, err := dec.Next(run[off : off+ps])
 		if errors.Is(err, io.EOF) {
 			break
 		} else if err != nil {
 			return nil, corrupt(err)
 		}
-		tbl.Set(pgno, buf)
-		if len(run) > 0 && (pgno != runStart+uint32(int64(len(run))/ps) || len(run) == cap(run)) {
+		if runN > 0 && pgno != runStart+runN {
+			// Past the lock page: the page read goes in a new run.
+			page := bytes.Clone(run[off : off+ps])
 			if err := flush(); err != nil {
 				return nil, err
 			}
+			copy(run, page)
 		}
-		if len(run) == 0 {
+		if runN == 0 {
 			runStart = pgno
 		}
-		run = append(run, buf...)
+		runN++
+		tbl.SetChecksum(pgno, c)
 	}
 	if err := flush(); err != nil {
 		return nil, err

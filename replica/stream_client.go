@@ -118,8 +118,8 @@ func (c *StreamClient) session(ctx context.Context) (progressed bool, err error)
 	var (
 		file  *incoming
 		snap  *snapshotReceiver // a snapshot being received and decoded
-		batch []*incoming // received, not yet applied
-		acks  *acker      // nil unless the primary asked for acknowledgements
+		batch []*incoming       // received, not yet applied
+		acks  *acker            // nil unless the primary asked for acknowledgements
 		beats int
 	)
 	discardBatch := func() {
