@@ -1,13 +1,18 @@
 package ltx
 
 import (
+	"bufio"
+	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
 	"time"
+
+	sltx "github.com/superfly/ltx"
 
 	"github.com/litefs-project/litefs/checksum"
 )
@@ -29,7 +34,14 @@ type Log struct {
 	files []FileInfo // ascending TXIDs
 	pos   Pos        // post-apply position of the last file
 	last  Header     // header of the last file
+	// unverified is the newest file when OpenLogFast checked only its
+	// header and trailer; empty once it is read in full.
+	unverified string
 }
+
+// FastVerifyMin is the size from which OpenLogFast checks the newest file
+// by its header and trailer only.
+const FastVerifyMin = 4 << 20
 
 // OpenLog opens the log in dir, creating dir if needed. It removes
 // temporary files, checks that file names are contiguous, and verifies the
@@ -41,6 +53,21 @@ type Log struct {
 // never acknowledged, see Log.Discard) from damage to a committed file.
 // Any other failure returns a nil Log.
 func OpenLog(dir string) (*Log, error) {
+	return openLog(dir, false)
+}
+
+// OpenLogFast is OpenLog, except that a newest file of FastVerifyMin bytes
+// or more (a snapshot a replica caught up from, a large transaction) is
+// checked by its header and trailer only, which give the position without
+// reading the file: a node restarting with a large database then reads
+// the database once to verify its position, not also the file it came
+// from. Unverified reports it; the caller must confirm the position some
+// other way (the database's own checksum equal to it), or VerifyNewest.
+func OpenLogFast(dir string) (*Log, error) {
+	return openLog(dir, true)
+}
+
+func openLog(dir string, fast bool) (*Log, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -100,6 +127,13 @@ func OpenLog(dir string) (*Log, error) {
 		return l, nil
 	}
 	newest := l.files[len(l.files)-1]
+	if fast && newest.Size >= FastVerifyMin {
+		if err := l.setPosFromEnds(newest); err == nil {
+			return l, nil
+		}
+		// Not even its ends are whole: verified in full below, which
+		// says what is wrong and lets the caller tell a torn write.
+	}
 	if err := l.setPosFrom(newest); err != nil {
 		l.files = l.files[:len(l.files)-1]
 		if len(l.files) > 0 {
@@ -126,6 +160,91 @@ func (l *Log) setPosFrom(f FileInfo) error {
 	l.last = d.Header
 	l.pos = Pos{TXID: f.MaxTXID, Checksum: d.PostApplyChecksum}
 	return nil
+}
+
+// setPosFromEnds sets the log's position from f's header and trailer,
+// checked for themselves but not against the rest of the file.
+func (l *Log) setPosFromEnds(f FileInfo) error {
+	path := l.Path(f.MinTXID, f.MaxTXID)
+	fh, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer fh.Close()
+	b := make([]byte, sltx.HeaderSize)
+	if _, err := fh.ReadAt(b, 0); err != nil {
+		return err
+	}
+	var h sltx.Header
+	if err := h.UnmarshalBinary(b); err != nil {
+		return err
+	} else if err := h.Validate(); err != nil {
+		return err
+	}
+	hdr := fromCodec(h)
+	if hdr.MinTXID != f.MinTXID || hdr.MaxTXID != f.MaxTXID {
+		return fmt.Errorf("header holds %s-%s, name says otherwise", hdr.MinTXID, hdr.MaxTXID)
+	}
+	post, err := ReadTrailer(path)
+	if err != nil {
+		return err
+	}
+	l.last = hdr
+	l.pos = Pos{TXID: f.MaxTXID, Checksum: post}
+	l.unverified = path
+	return nil
+}
+
+// Unverified reports whether OpenLogFast checked the newest file by its
+// ends only (and VerifyNewest has not read it since).
+func (l *Log) Unverified() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.unverified != ""
+}
+
+// VerifyNewest reads the newest file that OpenLogFast checked by its ends
+// only, in full, and returns a *CorruptError if it is damaged; it stops
+// early with ctx's error. Nothing to do otherwise.
+func (l *Log) VerifyNewest(ctx context.Context) error {
+	l.mu.Lock()
+	path := l.unverified
+	l.mu.Unlock()
+	if path == "" {
+		return nil
+	}
+	f, err := os.Open(path)
+	if os.IsNotExist(err) {
+		return nil // replaced meanwhile (a snapshot, retention)
+	} else if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := decode(bufio.NewReaderSize(ctxReader{ctx: ctx, r: f}, 1<<20), false); err != nil {
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		return &CorruptError{Path: path, Err: err}
+	}
+	l.mu.Lock()
+	if l.unverified == path {
+		l.unverified = ""
+	}
+	l.mu.Unlock()
+	return nil
+}
+
+// ctxReader stops reading once ctx ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r ctxReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
 }
 
 // Discard removes a file that OpenLog reported as the newest and failed,

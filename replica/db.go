@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -60,7 +61,25 @@ type DB struct {
 // openDB opens the database in dir, recovering from a crash: a hot journal
 // left by an interrupted transaction is rolled back, and the file's checksum
 // must then equal the log's position. Nothing is changed if it does not.
-func openDB(name, dir string, logger *slog.Logger) (_ *DB, err error) {
+//
+// The newest LTX file, if large, is checked by its ends only (see
+// ltx.OpenLogFast): the database's full checksum equal to the position it
+// gives confirms both. Anything else (a database that does not match, a
+// crash to recover from) is handled with the file read in full, as if
+// opened with ltx.OpenLog.
+func openDB(name, dir string, logger *slog.Logger) (*DB, error) {
+	db, err := openDBWith(name, dir, logger, ltx.OpenLogFast)
+	if errors.Is(err, errUnverifiedLog) {
+		return openDBWith(name, dir, logger, ltx.OpenLog)
+	}
+	return db, err
+}
+
+// errUnverifiedLog says the database does not match its log's position
+// while the log's newest file was checked by its ends only.
+var errUnverifiedLog = errors.New("database does not match a position not yet verified")
+
+func openDBWith(name, dir string, logger *slog.Logger, openLog func(string) (*ltx.Log, error)) (_ *DB, err error) {
 	db := &DB{
 		name:   name,
 		dir:    dir,
@@ -71,7 +90,7 @@ func openDB(name, dir string, logger *slog.Logger) (_ *DB, err error) {
 	// before its sync returned, so never acknowledged) or damaged; recover
 	// tells which. Any other failure stops here.
 	var torn *ltx.CorruptError
-	db.log, err = ltx.OpenLog(filepath.Join(dir, LTXDir))
+	db.log, err = openLog(filepath.Join(dir, LTXDir))
 	if err != nil && (db.log == nil || !errors.As(err, &torn)) {
 		return nil, fmt.Errorf("open ltx log of %q: %w", name, err)
 	}
@@ -155,6 +174,12 @@ func (db *DB) recover(live bool) error {
 		pageSize = tbl.PageSize()
 	}
 	if tbl.Sum() != db.pos.Checksum {
+		if db.log.Unverified() && !live {
+			// Nothing changed yet: start over with the log verified.
+			return errUnverifiedLog
+		} else if err := db.log.VerifyNewest(context.Background()); err != nil {
+			return fmt.Errorf("database %q: %w", db.name, err)
+		}
 		j, err := readHotJournal(db.path(JournalFile), pageSize)
 		if err != nil {
 			return fmt.Errorf("database %q: read journal: %w", db.name, err)
@@ -223,10 +248,7 @@ func (db *DB) recompute(pageSize uint32) (*checksum.Table, error) {
 	if pageSize == 0 {
 		return checksum.NewTable(0), nil
 	}
-	if _, err := db.f.Seek(0, 0); err != nil {
-		return nil, err
-	}
-	tbl, err := checksum.Read(db.f, pageSize)
+	tbl, err := checksum.ReadFile(db.f, pageSize)
 	if err != nil {
 		return nil, fmt.Errorf("database %q: checksum %s: %w", db.name, db.path(DatabaseFile), err)
 	}
