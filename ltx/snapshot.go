@@ -235,3 +235,174 @@ func (d *SnapshotReader) uvarint() (uint64, error) {
 	}
 	return 0, errors.New("varint overflows")
 }
+
+// SnapshotWriter writes an LTX snapshot page by page, as Encoder does, but
+// compresses only pages that compress: every sampleEvery pages it tries
+// one, and until the next try it either compresses pages or stores them
+// as they are (an LZ4 block of literals, which any LZ4 decoder reads). A
+// database of incompressible pages (random or already compressed blobs)
+// then costs a copy per page instead of a futile search for matches, the
+// largest cost of encoding it; one that compresses is sent smaller.
+type SnapshotWriter struct {
+	w        io.Writer
+	hdr      Header
+	hash     hash.Hash64
+	n        int64
+	prev     uint32
+	lock     uint32
+	frames   []frame
+	comp     lz4.Compressor
+	buf      []byte // a page frame: header, size, block
+	compress bool   // what the last sample said
+	sampled  int    // pages since the last sample
+}
+
+// sampleEvery is how many pages one compression trial decides for.
+const sampleEvery = 64
+
+// NewSnapshotWriter writes the header of a snapshot (MinTXID 1) to w.
+func NewSnapshotWriter(w io.Writer, hdr Header) (*SnapshotWriter, error) {
+	if !hdr.IsSnapshot() {
+		return nil, fmt.Errorf("ltx file %s-%s is not a snapshot", hdr.MinTXID, hdr.MaxTXID)
+	}
+	h := toCodec(hdr)
+	if err := h.Validate(); err != nil {
+		return nil, err
+	}
+	b, err := h.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	e := &SnapshotWriter{w: w, hdr: hdr, hash: crc64.New(crcISO), lock: checksum.LockPgno(hdr.PageSize),
+		buf: make([]byte, sltx.PageHeaderSize+4+literalBound(int(hdr.PageSize)))}
+	return e, e.write(b, true)
+}
+
+// literalBound is the size of a block of n bytes stored as literals.
+func literalBound(n int) int { return 1 + (n-15)/255 + 1 + n }
+
+func (e *SnapshotWriter) write(b []byte, hashed bool) error {
+	n, err := e.w.Write(b)
+	e.n += int64(n)
+	if err == nil && n < len(b) {
+		err = io.ErrShortWrite
+	}
+	if hashed {
+		_, _ = e.hash.Write(b)
+	}
+	return err
+}
+
+// Page writes the next page: pages 1 to the commit size in order, all but
+// the lock page.
+func (e *SnapshotWriter) Page(pgno uint32, data []byte) error {
+	want := e.prev + 1
+	if want == e.lock {
+		want++
+	}
+	if pgno != want || pgno > e.hdr.Commit {
+		return fmt.Errorf("page %d where page %d of %d was due", pgno, want, e.hdr.Commit)
+	}
+	if uint32(len(data)) != e.hdr.PageSize {
+		return fmt.Errorf("page of %d bytes, page size is %d", len(data), e.hdr.PageSize)
+	}
+	offset := e.n
+	binary.BigEndian.PutUint32(e.buf[0:], pgno)
+	binary.BigEndian.PutUint16(e.buf[4:], sltx.PageHeaderFlagSize)
+	block := e.buf[sltx.PageHeaderSize+4:]
+	size := 0
+	if e.sampled == 0 || e.compress {
+		n, err := e.comp.CompressBlock(data, block[:cap(block)])
+		if err != nil {
+			return fmt.Errorf("compress page %d: %w", pgno, err)
+		}
+		if e.sampled == 0 {
+			e.compress = n > 0 && n < len(data)*7/8
+		}
+		if n > 0 && n < len(data) {
+			size = n
+		}
+	}
+	if size == 0 {
+		size = storeLiterals(block, data)
+	}
+	e.sampled = (e.sampled + 1) % sampleEvery
+	binary.BigEndian.PutUint32(e.buf[sltx.PageHeaderSize:], uint32(size))
+	if err := e.write(e.buf[:sltx.PageHeaderSize+4], true); err != nil {
+		return err
+	}
+	if err := e.write(block[:size], false); err != nil {
+		return err
+	}
+	_, _ = e.hash.Write(data) // the file checksum covers pages uncompressed
+	e.frames = append(e.frames, frame{pgno: pgno, offset: offset, size: e.n - offset})
+	e.prev = pgno
+	return nil
+}
+
+// storeLiterals writes data into dst as an LZ4 block holding one literal
+// run (a token, the run's length, the bytes) and returns its size.
+func storeLiterals(dst, data []byte) int {
+	n := len(data)
+	i := 0
+	if n < 15 {
+		dst[0] = byte(n << 4)
+		i = 1
+	} else {
+		dst[0] = 0xf0
+		i = 1
+		for left := n - 15; ; left -= 255 {
+			if left < 255 {
+				dst[i] = byte(left)
+				i++
+				break
+			}
+			dst[i] = 255
+			i++
+		}
+	}
+	return i + copy(dst[i:], data)
+}
+
+// Close writes the end of the pages, the page index and the trailer with
+// the post-apply checksum.
+func (e *SnapshotWriter) Close(post checksum.Checksum) error {
+	if last := e.prev; last != e.hdr.Commit && !(last+1 == e.lock && e.lock == e.hdr.Commit) {
+		return fmt.Errorf("snapshot ends at page %d of %d", last, e.hdr.Commit)
+	}
+	if err := e.write(make([]byte, sltx.PageHeaderSize), true); err != nil {
+		return err
+	}
+	start := e.n
+	idx := make([]byte, 0, 64<<10)
+	for _, f := range e.frames {
+		idx = binary.AppendUvarint(idx, uint64(f.pgno))
+		idx = binary.AppendUvarint(idx, uint64(f.offset))
+		idx = binary.AppendUvarint(idx, uint64(f.size))
+		if len(idx) > 60<<10 {
+			if err := e.write(idx, true); err != nil {
+				return err
+			}
+			idx = idx[:0]
+		}
+	}
+	idx = binary.AppendUvarint(idx, 0)
+	idx = binary.BigEndian.AppendUint64(idx, uint64(e.n+int64(len(idx))-start))
+	if err := e.write(idx, true); err != nil {
+		return err
+	}
+	t := sltx.Trailer{PostApplyChecksum: sltx.Checksum(post)}
+	b, err := t.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	_, _ = e.hash.Write(b[:sltx.TrailerChecksumOffset])
+	t.FileChecksum = sltx.ChecksumFlag | sltx.Checksum(e.hash.Sum64())
+	if err := t.Validate(toCodec(e.hdr)); err != nil {
+		return err
+	}
+	if b, err = t.MarshalBinary(); err != nil {
+		return err
+	}
+	return e.write(b, false)
+}

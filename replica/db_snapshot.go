@@ -247,9 +247,10 @@ func copyRange(dst, src *os.File, n int64) error {
 
 // EncodeSnapshot writes the copy src that CopySnapshot made, with hdr and
 // post as it returned them, to w as an LTX snapshot (every page but the
-// lock page), reading it in large blocks. It takes no lock.
+// lock page; see ltx.SnapshotWriter for what it compresses), reading it in
+// large blocks. It takes no lock.
 func EncodeSnapshot(ctx context.Context, src *os.File, hdr ltx.Header, post checksum.Checksum, w io.Writer) error {
-	enc, err := ltx.NewEncoder(w, hdr)
+	enc, err := ltx.NewSnapshotWriter(w, hdr)
 	if err != nil {
 		return err
 	}

@@ -3,10 +3,12 @@ package replica
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"log/slog"
 	"net/http"
@@ -382,7 +384,7 @@ func (s *Server) sendSnapshot(ctx context.Context, st *streamWriter, db *DB, div
 	if err := st.json(frameBegin, streamBegin{DB: db.Name(), Snapshot: true, Divergent: divergent, Streamed: true}); err != nil {
 		return ltx.Pos{}, err
 	}
-	cw := &chunkWriter{w: st.w, buf: make([]byte, 0, chunkSize)}
+	cw := newChunkWriter(st.w)
 	if err := EncodeSnapshot(ctx, f, hdr, post, cw); err != nil {
 		return ltx.Pos{}, err
 	}
@@ -396,19 +398,26 @@ func (s *Server) sendSnapshot(ctx context.Context, st *streamWriter, db *DB, div
 	return ltx.Pos{TXID: hdr.MaxTXID, Checksum: post}, nil
 }
 
-// chunkWriter cuts what is written to it into chunk frames of chunkSize.
+// chunkWriter cuts what is written to it into chunk frames of chunkSize,
+// each built in place (no copy of the payload to frame it).
 type chunkWriter struct {
 	w   io.Writer
-	buf []byte
+	buf []byte // the frame being filled: type and length, then the payload
+}
+
+const frameHeaderSize = 5
+
+func newChunkWriter(w io.Writer) *chunkWriter {
+	return &chunkWriter{w: w, buf: make([]byte, frameHeaderSize, frameHeaderSize+chunkSize+4)}
 }
 
 func (cw *chunkWriter) Write(p []byte) (int, error) {
 	n := len(p)
 	for len(p) > 0 {
-		k := min(len(p), chunkSize-len(cw.buf))
+		k := min(len(p), frameHeaderSize+chunkSize-len(cw.buf))
 		cw.buf = append(cw.buf, p[:k]...)
 		p = p[k:]
-		if len(cw.buf) == chunkSize {
+		if len(cw.buf) == frameHeaderSize+chunkSize {
 			if err := cw.flush(); err != nil {
 				return 0, err
 			}
@@ -417,12 +426,16 @@ func (cw *chunkWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+// flush sends the frame filled so far, as writeFrame would.
 func (cw *chunkWriter) flush() error {
-	if len(cw.buf) == 0 {
+	if len(cw.buf) == frameHeaderSize {
 		return nil
 	}
-	err := writeFrame(cw.w, frameChunk, cw.buf)
-	cw.buf = cw.buf[:0]
+	cw.buf[0] = frameChunk
+	binary.BigEndian.PutUint32(cw.buf[1:], uint32(len(cw.buf)-frameHeaderSize))
+	b := binary.BigEndian.AppendUint32(cw.buf, crc32.Checksum(cw.buf, castagnoli))
+	_, err := cw.w.Write(b)
+	cw.buf = cw.buf[:frameHeaderSize]
 	return err
 }
 
