@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -46,6 +47,10 @@ type DB struct {
 	dirty    map[uint32]struct{}     // pages written since the last commit
 	resized  bool                    // truncated since the last commit
 	closed   bool
+	saved    *checksum.Table // the file's table from a clean close; used once at open
+	// ownWrite is when this node last changed the file (Unix ns): a file
+	// changed after it was changed by someone else (see saveChecksums).
+	ownWrite int64
 
 	onError   func(error)  // reports failures the store's owner may stop for
 	canCommit func() error // refuses commits on a node that may not write
@@ -108,6 +113,8 @@ func openDBWith(name, dir string, logger *slog.Logger, openLog func(string) (*lt
 			db.posCopy.Store(&pos)
 		}
 	}()
+	db.saved = loadChecksums(dir, db.f, db.log.Pos(), db.logger)
+	defer func() { db.ownWrite = time.Now().UnixNano() }() // recovery may write
 	if err := db.recover(false); err != nil {
 		if torn != nil {
 			// The file does not match the log without the failed file
@@ -248,6 +255,13 @@ func (db *DB) recompute(pageSize uint32) (*checksum.Table, error) {
 	if pageSize == 0 {
 		return checksum.NewTable(0), nil
 	}
+	if saved := db.saved; saved != nil {
+		db.saved = nil
+		if saved.PageSize() == pageSize {
+			db.logger.Debug("checksum table kept at the last close describes the database file as it is; not reading it")
+			return saved, nil
+		}
+	}
 	tbl, err := checksum.ReadFile(db.f, pageSize)
 	if err != nil {
 		return nil, fmt.Errorf("database %q: checksum %s: %w", db.name, db.path(DatabaseFile), err)
@@ -294,6 +308,7 @@ func (db *DB) PageSize() uint32 {
 // publish makes db.pos visible to Pos and tells the store it moved.
 // db.mu held.
 func (db *DB) publish() {
+	db.ownWrite = time.Now().UnixNano()
 	pos := db.pos
 	db.posCopy.Store(&pos)
 	if db.onChange != nil {
@@ -335,6 +350,7 @@ func (db *DB) WriteAt(p []byte, off int64) (int, error) {
 			return 0, err
 		} else if off >= size {
 			n, err := db.f.WriteAt(p, off)
+			db.ownWrite = time.Now().UnixNano()
 			if n > 0 {
 				db.resized = true
 			}
@@ -365,6 +381,7 @@ func (db *DB) WriteAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	n, err := db.f.WriteAt(p, off)
+	db.ownWrite = time.Now().UnixNano() // after: at least the file's change time
 	if n > 0 {
 		db.dirty[pgno] = struct{}{}
 	}
@@ -387,7 +404,9 @@ func (db *DB) Truncate(size int64) error {
 	if size == 0 && db.pos.TXID > 0 {
 		return fmt.Errorf("%w: truncating a database with committed transactions to zero bytes (to delete a database, remove its file)", ErrNotPageWrite)
 	}
-	if err := db.f.Truncate(size); err != nil {
+	err := db.f.Truncate(size)
+	db.ownWrite = time.Now().UnixNano()
+	if err != nil {
 		return err
 	}
 	db.resized = true
@@ -426,6 +445,10 @@ func (db *DB) close() error {
 		return nil
 	}
 	db.closed = true
+	if err := db.saveChecksums(); err != nil {
+		// Only the next start's speed depends on it.
+		db.logger.Warn("could not keep the checksum table for the next start; it will read the whole database", slog.Any(LogKeyError, err))
+	}
 	if err := db.f.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
 		return err
 	}
