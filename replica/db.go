@@ -132,6 +132,9 @@ func openDBWith(name, dir string, logger *slog.Logger, openLog func(string) (*lt
 			return nil, err
 		}
 	}
+	if err := removeChecksums(dir); err != nil {
+		return nil, err
+	}
 	return db, nil
 }
 

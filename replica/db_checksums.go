@@ -7,6 +7,7 @@ import (
 	"hash/crc64"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -21,8 +22,9 @@ import (
 // write: inode, size, modification and change times. The change time
 // (ctime) cannot be set by any user, so a file written, truncated, copied
 // over or replaced behind the node's back no longer matches, and the start
-// reads the file in full, as without a record. The record is removed as
-// it is read: a node that stops without closing (a crash) leaves none.
+// reads the file in full, as without a record. The record is removed once
+// the database is open: a node that stops without closing (a crash)
+// leaves none.
 //
 // Changes by another process while the node runs are caught at close:
 // the file's change time is then later than the node's last write, and no
@@ -129,17 +131,25 @@ func (db *DB) saveChecksums() error {
 
 var crcISO = crc64.MakeTable(crc64.ISO)
 
-// loadChecksums reads and removes the record of the database in dir, and
+// removeChecksums removes the record of the database in dir, once it is
+// open: from then on the file changes.
+func removeChecksums(dir string) error {
+	for _, name := range []string{ChecksumsFile, ChecksumsFile + ".tmp"} {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+	}
+	return nil
+}
+
+// loadChecksums reads the record of the database in dir, and
 // returns its table if it describes f as it is now and the log's position;
 // nil otherwise, saying why at debug level.
 func loadChecksums(dir string, f *os.File, pos ltx.Pos, logger *slog.Logger) *checksum.Table {
-	path := dir + "/" + ChecksumsFile
-	b, err := os.ReadFile(path)
-	_ = os.Remove(dir + "/" + ChecksumsFile + ".tmp")
+	b, err := os.ReadFile(filepath.Join(dir, ChecksumsFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	_ = os.Remove(path)
 	tbl, err := parseChecksums(b, f, pos)
 	if err != nil {
 		logger.Info("reading the whole database to verify its position", slog.String("reason", err.Error()))
