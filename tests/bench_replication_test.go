@@ -95,11 +95,11 @@ func BenchmarkReplicationLag(b *testing.B) {
 }
 
 // benchSizes returns the database sizes, in MB, that the large-database
-// benchmarks run with: 100 MB, or those LITEFS_BENCH_MB lists (for
+// benchmarks run with: 100 MB, or those LITEFS_BENCH_SIZES lists (for
 // example "100,500,1000"; the larger ones need disk and minutes).
 func benchSizes(b *testing.B) []int {
 	b.Helper()
-	env := os.Getenv("LITEFS_BENCH_MB")
+	env := os.Getenv("LITEFS_BENCH_SIZES")
 	if env == "" {
 		return []int{100}
 	}
@@ -107,7 +107,7 @@ func benchSizes(b *testing.B) []int {
 	for _, f := range strings.Split(env, ",") {
 		mb, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || mb <= 0 {
-			b.Fatalf("LITEFS_BENCH_MB=%q: want sizes in MB, comma-separated", env)
+			b.Fatalf("LITEFS_BENCH_SIZES=%q: want sizes in MB, comma-separated", env)
 		}
 		sizes = append(sizes, mb)
 	}
@@ -180,7 +180,7 @@ func cpuTime(b *testing.B, n *Node) time.Duration {
 func dataFile(n *Node, db string) string { return filepath.Join(n.DataDir, "dbs", db, "database") }
 
 // BenchmarkCatchUp builds a database on the primary (100 MB, more with
-// LITEFS_BENCH_MB), then starts a fresh replica and measures the time from
+// LITEFS_BENCH_SIZES), then starts a fresh replica and measures the time from
 // starting it until it has it all (catchup-s, and MB/s from it), of which
 // mount-s went to starting the process and mounting, and the CPU time
 // each node used meanwhile (the replica's from its start). Side by side in the
@@ -188,7 +188,7 @@ func dataFile(n *Node, db string) string { return filepath.Join(n.DataDir, "dbs"
 // cp and sync would (copy-s), and the ratio catchup-s / copy-s.
 //
 //	go test ./tests -run '^$' -bench CatchUp -benchtime 1x
-//	LITEFS_BENCH_MB=100,500,1000 go test ./tests -run '^$' -bench CatchUp -benchtime 1x -timeout 30m
+//	LITEFS_BENCH_SIZES=100,500,1000 go test ./tests -run '^$' -bench CatchUp -benchtime 1x -timeout 30m
 func BenchmarkCatchUp(b *testing.B) {
 	for _, mb := range benchSizes(b) {
 		b.Run(fmt.Sprintf("%dMB", mb), func(b *testing.B) {
@@ -228,16 +228,18 @@ func BenchmarkCatchUp(b *testing.B) {
 	}
 }
 
-// BenchmarkRestart restarts a node holding a large database (100 MB, more
-// with LITEFS_BENCH_MB) and measures the time from starting the process to
-// the mount being served, which the node does only once every database's
-// position is verified: the primary, whose log ends with a transaction,
-// and a replica, whose log holds the snapshot it caught up from. The
-// files are in the page cache (a restart right after a stop). Side by
-// side: reading the database file once (read-s), what a full check of it
-// costs at least.
+// BenchmarkRestart restarts nodes holding a large database (100 MB, more
+// with LITEFS_BENCH_SIZES) and measures the time from starting the process
+// to the mount being served, which the node does only once every
+// database's position is verified: the primary, whose log ends with a
+// transaction, and a replica, whose log holds the snapshot it caught up
+// from; each after a clean stop (SIGTERM: the checksum table kept at close
+// spares reading the file) and after SIGKILL (the file is read in full).
+// Side by side: reading the database file once (read-s), what a full
+// check costs at least.
 //
 //	go test ./tests -run '^$' -bench Restart -benchtime 3x
+//	LITEFS_BENCH_SIZES=100,500,1000 go test ./tests -run '^$' -bench Restart -benchtime 1x -timeout 30m
 func BenchmarkRestart(b *testing.B) {
 	for _, mb := range benchSizes(b) {
 		b.Run(fmt.Sprintf("%dMB", mb), func(b *testing.B) {
@@ -248,9 +250,12 @@ func BenchmarkRestart(b *testing.B) {
 			r := benchNode(b, NodeConfig{Name: "replica1", Replica: true, PrimaryURL: p.URL()})
 			r.Start()
 			waitUntil(b, 10*time.Minute, "replica to catch up", func() bool { return replicaTXID(r, "big.db") >= want.TXID })
-			var readT time.Duration
-			restart := func(n *Node) time.Duration {
-				n.Stop()
+			restart := func(n *Node, kill bool) time.Duration {
+				if kill {
+					n.Kill()
+				} else {
+					n.Stop()
+				}
 				start := time.Now()
 				n.Start()
 				d := time.Since(start)
@@ -259,11 +264,14 @@ func BenchmarkRestart(b *testing.B) {
 				}
 				return d
 			}
-			var primaryT, replicaT time.Duration
+			var t [4]time.Duration
+			var readT time.Duration
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				primaryT += restart(p)
-				replicaT += restart(r)
+				t[0] += restart(p, false)
+				t[1] += restart(p, true)
+				t[2] += restart(r, false)
+				t[3] += restart(r, true)
 				b.StopTimer()
 				start := time.Now()
 				if _, err := os.ReadFile(dataFile(p, "big.db")); err != nil {
@@ -274,8 +282,9 @@ func BenchmarkRestart(b *testing.B) {
 			}
 			b.StopTimer()
 			n := float64(b.N)
-			b.ReportMetric(primaryT.Seconds()/n, "primary-s")
-			b.ReportMetric(replicaT.Seconds()/n, "replica-s")
+			for i, name := range []string{"primary-s", "primary-killed-s", "replica-s", "replica-killed-s"} {
+				b.ReportMetric(t[i].Seconds()/n, name)
+			}
 			b.ReportMetric(readT.Seconds()/n, "read-s")
 			b.ReportMetric(float64(size)/1e6, "MB")
 		})
