@@ -225,9 +225,14 @@ func (c *StreamClient) session(ctx context.Context) (progressed bool, err error)
 			if snap != nil {
 				sr := snap
 				snap = nil
+				// Syncing and installing a large snapshot may take
+				// longer than the primary's silence is allowed to;
+				// nothing is read meanwhile.
+				watchdog.Stop()
 				if err := c.applySnapshot(ctx, sr); err != nil {
 					return progressed, err
 				}
+				watchdog.Reset(c.HeartbeatTimeout)
 				if acks != nil {
 					acks.poke()
 				}
