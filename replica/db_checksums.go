@@ -63,19 +63,31 @@ func identify(f *os.File) (fileIdentity, error) {
 // than the kernel's clock resolution, so that any later write gives it a
 // change time the record does not have. db.mu held.
 func (db *DB) saveChecksums() error {
-	if db.pos.TXID == 0 || db.pageSize == 0 || len(db.dirty) > 0 || db.resized ||
-		(db.wal.valid && db.wal.end > walHeaderSize) || db.log.Pos() != db.pos || db.chk.Sum() != db.pos.Checksum {
+	skip := func(why string) error {
+		db.logger.Debug("no checksum record kept; the next start reads the whole database", slog.String("reason", why))
 		return nil
 	}
-	if _, err := os.Stat(db.JournalPath()); err == nil {
+	switch {
+	case db.pos.TXID == 0 || db.pageSize == 0:
 		return nil
+	case db.wal.valid && db.wal.end > walHeaderSize:
+		return skip("the wal holds committed frames")
+	case !db.isWAL() && (len(db.dirty) > 0 || db.resized):
+		// (In WAL mode, pages written to the file are a checkpoint's,
+		// committed ones.)
+		return skip("a transaction was in progress")
+	case db.log.Pos() != db.pos || db.chk.Sum() != db.pos.Checksum:
+		return skip("the log is not at the position")
+	}
+	if _, err := os.Stat(db.JournalPath()); err == nil {
+		return skip("a rollback journal exists")
 	}
 	id, err := identify(db.f)
 	if err != nil {
 		return err
 	}
 	if id.size != int64(db.chk.PageN())*int64(db.pageSize) {
-		return nil
+		return skip("the file's size is not the position's")
 	}
 	// Changed since this node last wrote it (the kernel's change time is
 	// at most the time of the write): someone else wrote it, and only a
