@@ -130,7 +130,8 @@ func decodeSnapshot(r io.Reader, dir string) (_ *receivedSnapshot, err error) {
 		}
 	}()
 
-	lw := &writeback{f: lf}
+	lw := newWriteback(lf)
+	defer lw.stop()
 	// A failure to keep the bytes (a full disk) stops decoding too: it is
 	// that failure, not a damaged snapshot.
 	corrupt := func(err error) error {
@@ -150,7 +151,8 @@ func decodeSnapshot(r io.Reader, dir string) (_ *receivedSnapshot, err error) {
 		return nil, fmt.Errorf("make room for a snapshot of %d bytes: %w", size, err)
 	}
 	tbl := checksum.NewTable(hdr.PageSize)
-	dw := &writeback{f: df}
+	dw := newWriteback(df)
+	defer dw.stop()
 	// Pages arrive in order (a snapshot holds pages 1 to its commit size,
 	// all but the lock page) and are written in runs of up to 1 MiB.
 	run := make([]byte, max(ps, 1<<20/ps*ps))
@@ -213,6 +215,8 @@ func decodeSnapshot(r io.Reader, dir string) (_ *receivedSnapshot, err error) {
 	}
 	// Both syncs have little left to do: writeback started as the
 	// files grew.
+	lw.stop()
+	dw.stop()
 	if err := lf.Sync(); err != nil {
 		return nil, err
 	}
@@ -228,11 +232,28 @@ func corruptSnapshot(err error) error {
 }
 
 // writeback writes to f (appending, for the LTX file) and asks the kernel
-// to start writing back every snapshotWriteback bytes.
+// to start writing back every snapshotWriteback bytes. The requests are
+// made by a goroutine of its own: submitting the writes can wait for the
+// disk's queue, and decoding goes on meanwhile. stop ends it.
 type writeback struct {
 	f       *os.File
-	n, done int64
+	n, due  int64
 	err     error
+	kick    chan int64 // where written bytes end, for the goroutine
+	stopped chan struct{}
+}
+
+func newWriteback(f *os.File) *writeback {
+	w := &writeback{f: f, kick: make(chan int64, 1), stopped: make(chan struct{})}
+	go func() {
+		defer close(w.stopped)
+		var done int64
+		for end := range w.kick {
+			_ = unix.SyncFileRange(int(f.Fd()), done, end-done, unix.SYNC_FILE_RANGE_WRITE)
+			done = end
+		}
+	}()
+	return w
 }
 
 func (w *writeback) Write(p []byte) (int, error) {
@@ -250,13 +271,35 @@ func (w *writeback) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// wrote records n more bytes written and starts writeback of what is due.
+// wrote records n more bytes written and asks for writeback of what is
+// due; a request the goroutine has not taken yet is replaced by this one,
+// which covers it.
 func (w *writeback) wrote(n int64) {
 	w.n += n
-	if w.n-w.done >= snapshotWriteback {
-		_ = unix.SyncFileRange(int(w.f.Fd()), w.done, w.n-w.done, unix.SYNC_FILE_RANGE_WRITE)
-		w.done = w.n
+	if w.n-w.due < snapshotWriteback {
+		return
 	}
+	w.due = w.n
+	select {
+	case w.kick <- w.n:
+	default:
+		select {
+		case <-w.kick:
+		default:
+		}
+		w.kick <- w.n
+	}
+}
+
+// stop ends the goroutine. Safe twice.
+func (w *writeback) stop() {
+	select {
+	case <-w.stopped:
+		return
+	default:
+	}
+	close(w.kick)
+	<-w.stopped
 }
 
 // installSnapshot makes a received snapshot the database: its LTX file
