@@ -3,6 +3,8 @@ package checksum_test
 import (
 	"bytes"
 	"math/rand"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/litefs-project/litefs/checksum"
@@ -111,4 +113,44 @@ func TestTable_PeekEqualsApply(t *testing.T) {
 			t.Fatalf("step %d: peek %s, apply %s", step, peek, tbl.Sum())
 		}
 	}
+}
+
+func TestReadFile_EqualsRead(t *testing.T) {
+	seed := rand.Int63()
+	t.Logf("seed=%d", seed)
+	rng := rand.New(rand.NewSource(seed))
+	for _, pages := range []int{0, 1, 7, 3001} {
+		db := make([]byte, pages*512)
+		rng.Read(db)
+		path := filepath.Join(t.TempDir(), "db")
+		if err := os.WriteFile(path, db, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		want, err := checksum.Read(bytes.NewReader(db), 512)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := checksum.File(path, 512)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Sum() != want.Sum() || got.PageN() != want.PageN() {
+			t.Errorf("%d pages: ReadFile %s (%d pages), Read %s (%d pages)", pages, got.Sum(), got.PageN(), want.Sum(), want.PageN())
+		}
+		for pgno := uint32(1); pgno <= want.PageN(); pgno++ {
+			if got.PageChecksum(pgno) != want.PageChecksum(pgno) {
+				t.Errorf("%d pages: page %d differs", pages, pgno)
+				break
+			}
+		}
+	}
+	t.Run("PartialPage", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "db")
+		if err := os.WriteFile(path, make([]byte, 1000), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := checksum.File(path, 512); err == nil {
+			t.Fatal("expected error for partial page")
+		}
+	})
 }

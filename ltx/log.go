@@ -1,13 +1,18 @@
 package ltx
 
 import (
+	"bufio"
+	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
 	"time"
+
+	sltx "github.com/superfly/ltx"
 
 	"github.com/litefs-project/litefs/checksum"
 )
@@ -40,12 +45,19 @@ type Log struct {
 	torn []string
 	// spares, if set, keeps files ready for appends (see UseSpares).
 	spares *spares
+	// unverified is the newest file when OpenLogFast checked only its
+	// header and trailer; empty once it is read in full.
+	unverified string
 }
 
 // MaxUnsynced bounds the files AppendDeferred leaves unsynced: the append
 // that would exceed it makes them all durable first. It also bounds how
 // many files OpenLog verifies after a crash of the machine.
 const MaxUnsynced = 512
+
+// FastVerifyMin is the size from which OpenLogFast checks the newest file
+// by its header and trailer only.
+const FastVerifyMin = 4 << 20
 
 // OpenLog opens the log in dir, creating dir if needed. It removes
 // temporary files, checks that file names are contiguous, and verifies the
@@ -58,6 +70,21 @@ const MaxUnsynced = 512
 // a torn write (a crash before the file was durable: see DiscardTorn) from
 // damage to a committed file. Any other failure returns a nil Log.
 func OpenLog(dir string) (*Log, error) {
+	return openLog(dir, false)
+}
+
+// OpenLogFast is OpenLog, except that a newest file of FastVerifyMin bytes
+// or more (a snapshot a replica caught up from, a large transaction) is
+// checked by its header and trailer only, which give the position without
+// reading the file: a node restarting with a large database then reads
+// the database once to verify its position, not also the file it came
+// from. Unverified reports it; the caller must confirm the position some
+// other way (the database's own checksum equal to it), or VerifyNewest.
+func OpenLogFast(dir string) (*Log, error) {
+	return openLog(dir, true)
+}
+
+func openLog(dir string, fast bool) (*Log, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -117,10 +144,19 @@ func OpenLog(dir string) (*Log, error) {
 		return l, nil
 	}
 	// Verify the window oldest first: the log ends before the first file
-	// that fails, and the files after it go with it.
+	// that fails, and the files after it go with it. In fast mode a large
+	// newest file is checked by its ends; if not even they are whole, it
+	// is verified in full, which says what is wrong.
 	from := max(0, len(l.files)-MaxUnsynced)
 	for i := from; i < len(l.files); i++ {
-		if err := l.setPosFrom(l.files[i]); err != nil {
+		f := l.files[i]
+		if fast && i == len(l.files)-1 && f.Size >= FastVerifyMin {
+			if err := l.setPosFromEnds(f); err == nil {
+				l.unverified = l.Path(f.MinTXID, f.MaxTXID)
+				continue
+			}
+		}
+		if err := l.setPosFrom(f); err != nil {
 			for _, f := range l.files[i:] {
 				l.torn = append(l.torn, l.Path(f.MinTXID, f.MaxTXID))
 			}
@@ -151,6 +187,91 @@ func (l *Log) setPosFrom(f FileInfo) error {
 	l.last = d.Header
 	l.pos = Pos{TXID: f.MaxTXID, Checksum: d.PostApplyChecksum}
 	return nil
+}
+
+// setPosFromEnds sets the log's position from f's header and trailer,
+// checked for themselves but not against the rest of the file.
+func (l *Log) setPosFromEnds(f FileInfo) error {
+	path := l.Path(f.MinTXID, f.MaxTXID)
+	fh, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer fh.Close()
+	b := make([]byte, sltx.HeaderSize)
+	if _, err := fh.ReadAt(b, 0); err != nil {
+		return err
+	}
+	var h sltx.Header
+	if err := h.UnmarshalBinary(b); err != nil {
+		return err
+	} else if err := h.Validate(); err != nil {
+		return err
+	}
+	hdr := fromCodec(h)
+	if hdr.MinTXID != f.MinTXID || hdr.MaxTXID != f.MaxTXID {
+		return fmt.Errorf("header holds %s-%s, name says otherwise", hdr.MinTXID, hdr.MaxTXID)
+	}
+	post, err := ReadTrailer(path)
+	if err != nil {
+		return err
+	}
+	l.last = hdr
+	l.pos = Pos{TXID: f.MaxTXID, Checksum: post}
+	l.unverified = path
+	return nil
+}
+
+// Unverified reports whether OpenLogFast checked the newest file by its
+// ends only (and VerifyNewest has not read it since).
+func (l *Log) Unverified() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.unverified != ""
+}
+
+// VerifyNewest reads the newest file that OpenLogFast checked by its ends
+// only, in full, and returns a *CorruptError if it is damaged; it stops
+// early with ctx's error. Nothing to do otherwise.
+func (l *Log) VerifyNewest(ctx context.Context) error {
+	l.mu.Lock()
+	path := l.unverified
+	l.mu.Unlock()
+	if path == "" {
+		return nil
+	}
+	f, err := os.Open(path)
+	if os.IsNotExist(err) {
+		return nil // replaced meanwhile (a snapshot, retention)
+	} else if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := decode(bufio.NewReaderSize(ctxReader{ctx: ctx, r: f}, 1<<20), false); err != nil {
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		return &CorruptError{Path: path, Err: err}
+	}
+	l.mu.Lock()
+	if l.unverified == path {
+		l.unverified = ""
+	}
+	l.mu.Unlock()
+	return nil
+}
+
+// ctxReader stops reading once ctx ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r ctxReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
 }
 
 // Stamp returns the stamp in the header of the log's file f, reading the

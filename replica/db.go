@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,7 +10,6 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
-
 	"time"
 
 	"github.com/litefs-project/litefs/checksum"
@@ -45,6 +45,10 @@ type DB struct {
 	dirty    map[uint32]struct{}     // pages written since the last commit
 	resized  bool                    // truncated since the last commit
 	closed   bool
+	saved    *checksum.Table // the file's table from a clean close; used once at open
+	// ownWrite is when this node last changed the file (Unix ns): a file
+	// changed after it was changed by someone else (see saveChecksums).
+	ownWrite int64
 
 	onError   func(error)  // reports failures the store's owner may stop for
 	canCommit func() error // refuses commits on a node that may not write
@@ -63,7 +67,25 @@ type DB struct {
 // openDB opens the database in dir, recovering from a crash: a hot journal
 // left by an interrupted transaction is rolled back, and the file's checksum
 // must then equal the log's position. Nothing is changed if it does not.
-func openDB(name, dir string, logger *slog.Logger) (_ *DB, err error) {
+//
+// The newest LTX file, if large, is checked by its ends only (see
+// ltx.OpenLogFast): the database's full checksum equal to the position it
+// gives confirms both. Anything else (a database that does not match, a
+// crash to recover from) is handled with the file read in full, as if
+// opened with ltx.OpenLog.
+func openDB(name, dir string, logger *slog.Logger) (*DB, error) {
+	db, err := openDBWith(name, dir, logger, ltx.OpenLogFast)
+	if errors.Is(err, errUnverifiedLog) {
+		return openDBWith(name, dir, logger, ltx.OpenLog)
+	}
+	return db, err
+}
+
+// errUnverifiedLog says the database does not match its log's position
+// while the log's newest file was checked by its ends only.
+var errUnverifiedLog = errors.New("database does not match a position not yet verified")
+
+func openDBWith(name, dir string, logger *slog.Logger, openLog func(string) (*ltx.Log, error)) (_ *DB, err error) {
 	db := &DB{
 		name:   name,
 		dir:    dir,
@@ -74,7 +96,7 @@ func openDB(name, dir string, logger *slog.Logger) (_ *DB, err error) {
 	// before its sync returned, so never acknowledged) or damaged; recover
 	// tells which. Any other failure stops here.
 	var torn *ltx.CorruptError
-	db.log, err = ltx.OpenLog(filepath.Join(dir, LTXDir))
+	db.log, err = openLog(filepath.Join(dir, LTXDir))
 	if err != nil && (db.log == nil || !errors.As(err, &torn)) {
 		return nil, fmt.Errorf("open ltx log of %q: %w", name, err)
 	}
@@ -92,6 +114,8 @@ func openDB(name, dir string, logger *slog.Logger) (_ *DB, err error) {
 			db.posCopy.Store(&pos)
 		}
 	}()
+	db.saved = loadChecksums(dir, db.f, db.log.Pos(), db.logger)
+	defer func() { db.ownWrite = time.Now().UnixNano() }() // recovery may write
 	if err := db.recover(false); err != nil {
 		if torn != nil {
 			// The file does not match the log without the failed file
@@ -108,6 +132,9 @@ func openDB(name, dir string, logger *slog.Logger) (_ *DB, err error) {
 		if err := db.log.DiscardTorn(); err != nil {
 			return nil, err
 		}
+	}
+	if err := removeChecksums(dir); err != nil {
+		return nil, err
 	}
 	return db, nil
 }
@@ -158,6 +185,12 @@ func (db *DB) recover(live bool) error {
 		pageSize = tbl.PageSize()
 	}
 	if tbl.Sum() != db.pos.Checksum {
+		if db.log.Unverified() && !live {
+			// Nothing changed yet: start over with the log verified.
+			return errUnverifiedLog
+		} else if err := db.log.VerifyNewest(context.Background()); err != nil {
+			return fmt.Errorf("database %q: %w", db.name, err)
+		}
 		j, err := readHotJournal(db.path(JournalFile), pageSize)
 		if err != nil {
 			return fmt.Errorf("database %q: read journal: %w", db.name, err)
@@ -226,10 +259,14 @@ func (db *DB) recompute(pageSize uint32) (*checksum.Table, error) {
 	if pageSize == 0 {
 		return checksum.NewTable(0), nil
 	}
-	if _, err := db.f.Seek(0, 0); err != nil {
-		return nil, err
+	if saved := db.saved; saved != nil {
+		db.saved = nil
+		if saved.PageSize() == pageSize {
+			db.logger.Debug("checksum table kept at the last close describes the database file as it is; not reading it")
+			return saved, nil
+		}
 	}
-	tbl, err := checksum.Read(db.f, pageSize)
+	tbl, err := checksum.ReadFile(db.f, pageSize)
 	if err != nil {
 		return nil, fmt.Errorf("database %q: checksum %s: %w", db.name, db.path(DatabaseFile), err)
 	}
@@ -275,6 +312,7 @@ func (db *DB) PageSize() uint32 {
 // publish makes db.pos visible to Pos and tells the store it moved.
 // db.mu held.
 func (db *DB) publish() {
+	db.ownWrite = time.Now().UnixNano()
 	pos := db.pos
 	db.posCopy.Store(&pos)
 	if db.onChange != nil {
@@ -316,6 +354,7 @@ func (db *DB) WriteAt(p []byte, off int64) (int, error) {
 			return 0, err
 		} else if off >= size {
 			n, err := db.f.WriteAt(p, off)
+			db.ownWrite = time.Now().UnixNano()
 			if n > 0 {
 				db.resized = true
 			}
@@ -346,6 +385,7 @@ func (db *DB) WriteAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	n, err := db.f.WriteAt(p, off)
+	db.ownWrite = time.Now().UnixNano() // after: at least the file's change time
 	if n > 0 {
 		db.dirty[pgno] = struct{}{}
 	}
@@ -368,7 +408,9 @@ func (db *DB) Truncate(size int64) error {
 	if size == 0 && db.pos.TXID > 0 {
 		return fmt.Errorf("%w: truncating a database with committed transactions to zero bytes (to delete a database, remove its file)", ErrNotPageWrite)
 	}
-	if err := db.f.Truncate(size); err != nil {
+	err := db.f.Truncate(size)
+	db.ownWrite = time.Now().UnixNano()
+	if err != nil {
 		return err
 	}
 	db.resized = true
@@ -440,6 +482,10 @@ func (db *DB) close() error {
 	}
 	db.closed = true
 	serr := db.log.Sync() // a clean stop leaves the log durable
+	if err := db.saveChecksums(); err != nil {
+		// Only the next start's speed depends on it.
+		db.logger.Warn("could not keep the checksum table for the next start; it will read the whole database", slog.Any(LogKeyError, err))
+	}
 	_ = db.log.Close()
 	if err := db.f.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
 		return err

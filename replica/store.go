@@ -567,12 +567,34 @@ func (s *Store) Open() error {
 		s.dbs[db.name] = db
 		s.Logger.Info("database opened", slog.String(LogKeyDB, db.name), slog.String("pos", db.pos.String()))
 	}
+	for _, db := range s.dbs {
+		if db.log.Unverified() {
+			s.g.Go(func() error { s.verifyLog(db); return nil })
+		}
+	}
 	if err := removeStaleSuperJournals(s.dbs, s.Logger); err != nil {
 		s.closeDBs()
 		return fmt.Errorf("remove stale super-journals: %w", err)
 	}
 	s.g.Go(s.retentionLoop)
 	return nil
+}
+
+// verifyLog reads in full, in the background, the newest LTX file of a
+// database opened with it checked by its ends only (the database's own
+// checksum confirmed the position it gives), and says so loudly if it is
+// damaged: the database is whole, but the file cannot be sent to a
+// replica or rebuild the database.
+func (s *Store) verifyLog(db *DB) {
+	start := time.Now()
+	if err := db.log.VerifyNewest(s.ctx); err != nil {
+		if s.ctx.Err() == nil {
+			s.Logger.Error("the newest ltx file of the database is damaged; the database itself matches its position",
+				slog.String(LogKeyDB, db.name), slog.Any(LogKeyError, err))
+		}
+		return
+	}
+	s.Logger.Debug("newest ltx file verified", slog.String(LogKeyDB, db.name), slog.Duration("elapsed", time.Since(start)))
 }
 
 func (s *Store) openDB(name, dir string) (*DB, error) {

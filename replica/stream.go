@@ -83,6 +83,10 @@ type streamBegin struct {
 	Size      int64  `json:"size"`
 	Snapshot  bool   `json:"snapshot"`
 	Divergent bool   `json:"divergent"` // the replica's history differs from the primary's
+	// Streamed says the file is encoded as it is sent, so its size is
+	// not known ahead (Size is zero): the end frame ends it, and its own
+	// checksums and trailer say whether it is whole. Snapshots are sent so.
+	Streamed bool `json:"streamed,omitempty"`
 }
 
 // streamDelete says a database was deleted on the primary.

@@ -117,8 +117,9 @@ func (c *StreamClient) session(ctx context.Context) (progressed bool, err error)
 	r := bufio.NewReaderSize(body, 64<<10)
 	var (
 		file  *incoming
-		batch []*incoming // received, not yet applied
-		acks  *acker      // nil unless the primary asked for acknowledgements
+		snap  *snapshotReceiver // a snapshot being received and decoded
+		batch []*incoming       // received, not yet applied
+		acks  *acker            // nil unless the primary asked for acknowledgements
 		beats int
 	)
 	discardBatch := func() {
@@ -127,7 +128,7 @@ func (c *StreamClient) session(ctx context.Context) (progressed bool, err error)
 		}
 		batch = nil
 	}
-	defer func() { file.discard(); discardBatch() }()
+	defer func() { file.discard(); snap.abort(); discardBatch() }()
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
@@ -197,10 +198,28 @@ func (c *StreamClient) session(ctx context.Context) (progressed bool, err error)
 				return progressed, fmt.Errorf("%w: begin: %v", ErrBadFrame, err)
 			}
 			file.discard()
-			if file, err = c.newIncoming(b); err != nil {
+			snap.abort()
+			file, snap = nil, nil
+			if b.Streamed {
+				// Applied as it arrives: what was received before
+				// goes first.
+				if err := ValidateName(b.DB); err != nil {
+					return progressed, fmt.Errorf("%w: %v", ErrBadFrame, err)
+				}
+				if err := flush(); err != nil {
+					return progressed, err
+				}
+				snap = receiveSnapshot(b, c.Store.TempDir())
+			} else if file, err = c.newIncoming(b); err != nil {
 				return progressed, err
 			}
 		case frameChunk:
+			if snap != nil {
+				if err := snap.write(payload); err != nil {
+					return progressed, err
+				}
+				continue
+			}
 			if file == nil {
 				return progressed, fmt.Errorf("%w: chunk outside a file", ErrBadFrame)
 			}
@@ -208,6 +227,22 @@ func (c *StreamClient) session(ctx context.Context) (progressed bool, err error)
 				return progressed, err
 			}
 		case frameEnd:
+			if snap != nil {
+				sr := snap
+				snap = nil
+				// Syncing and installing a large snapshot may take
+				// longer than the primary's silence is allowed to;
+				// nothing is read meanwhile.
+				watchdog.Stop()
+				if err := c.applySnapshot(ctx, sr); err != nil {
+					return progressed, err
+				}
+				watchdog.Reset(c.HeartbeatTimeout)
+				if acks != nil {
+					acks.poke()
+				}
+				continue
+			}
 			if file == nil {
 				return progressed, fmt.Errorf("%w: end outside a file", ErrBadFrame)
 			}
@@ -376,6 +411,44 @@ func (c *StreamClient) apply(ctx context.Context, batch []*incoming) error {
 	if err := db.ApplyAll(ctx, paths, c.Gate); err != nil {
 		return fmt.Errorf("apply to %q: %w", name, err)
 	}
+	c.Store.updateLag()
+	c.full.ok(c.Logger, c.Store.Dir, "applying resumed", slog.String(LogKeyDB, name), slog.String("pos", db.Pos().String()))
+	return nil
+}
+
+// applySnapshot finishes receiving a streamed snapshot and makes it the
+// database, replacing (and, if the primary marked it divergent, keeping
+// aside) what this replica had. A snapshot that fails to verify changes
+// nothing.
+func (c *StreamClient) applySnapshot(ctx context.Context, sr *snapshotReceiver) error {
+	name := sr.begin.DB
+	rs, err := sr.finish()
+	if err != nil {
+		return fmt.Errorf("receive snapshot of %q: %w", name, err)
+	}
+	defer rs.remove() // nothing left once installed
+	db := c.Store.DB(name)
+	if db != nil && sr.begin.Divergent {
+		if _, err := c.Store.MoveAside(name, "its history differs from the primary's, or the primary can no longer tell (its log does not reach back this far); the primary's snapshot replaces it"); err != nil {
+			return err
+		}
+		db = nil
+	}
+	if db == nil {
+		if db, err = c.Store.CreateDB(name); err != nil {
+			return err
+		}
+		if c.Gate != nil {
+			if err := c.Gate.Forget(name); err != nil {
+				return err
+			}
+		}
+	}
+	if err := db.installSnapshot(ctx, rs, c.Gate); err != nil {
+		return fmt.Errorf("apply snapshot to %q: %w", name, err)
+	}
+	c.Logger.Debug("snapshot applied", slog.String(LogKeyDB, name), slog.String("pos", db.Pos().String()),
+		slog.Int64("bytes", int64(rs.hdr.Commit)*int64(rs.hdr.PageSize)), slog.Duration("elapsed", time.Since(sr.start)))
 	c.Store.updateLag()
 	c.full.ok(c.Logger, c.Store.Dir, "applying resumed", slog.String(LogKeyDB, name), slog.String("pos", db.Pos().String()))
 	return nil

@@ -3,10 +3,12 @@ package replica
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"log/slog"
 	"net/http"
@@ -14,7 +16,6 @@ import (
 	"sort"
 	"time"
 
-	"github.com/litefs-project/litefs/checksum"
 	"github.com/litefs-project/litefs/ltx"
 )
 
@@ -197,13 +198,7 @@ func (s *Server) sendOrdered(ctx context.Context, st *streamWriter, t *syncTrack
 		}
 		if plan.snapshot {
 			logSnapshot(logger, db, plan, from)
-			snap, err := s.writeSnapshot(ctx, db, snapshotUnstamped)
-			if err != nil {
-				return fmt.Errorf("send %q: %w", name, err)
-			}
-			snap.plan, snap.from = plan, from
-			pos, err := s.sendSnapshotFile(st, db, snap, logger)
-			_ = os.Remove(snap.path)
+			pos, err := s.sendSnapshot(ctx, st, db, plan.divergent, snapshotUnstamped)
 			if err != nil {
 				return fmt.Errorf("send %q: %w", name, err)
 			}
@@ -355,42 +350,7 @@ func (s *Server) sendDB(ctx context.Context, st *streamWriter, db *DB, from ltx.
 		// Removed by retention meanwhile: a snapshot instead.
 	}
 	logSnapshot(logger, db, plan, from)
-	snap, err := s.writeSnapshot(ctx, db, snapshotStamped)
-	if err != nil {
-		return from, err
-	}
-	defer os.Remove(snap.path)
-	snap.plan, snap.from = plan, from
-	return s.sendSnapshotFile(st, db, snap, logger)
-}
-
-// snapshotFile is a snapshot written for a replica, in the store's
-// temporary directory, and why it is sent.
-type snapshotFile struct {
-	path string
-	hdr  ltx.Header
-	post checksum.Checksum
-	plan sendPlan
-	from ltx.Pos
-}
-
-// writeSnapshot writes a snapshot of db to a temporary file, which the
-// caller removes.
-func (s *Server) writeSnapshot(ctx context.Context, db *DB, stamping snapshotStamp) (*snapshotFile, error) {
-	f, err := os.CreateTemp(s.Store.TempDir(), "snapshot-*.ltx")
-	if err != nil {
-		return nil, err
-	}
-	snap := &snapshotFile{path: f.Name()}
-	defer f.Close()
-	if snap.hdr, snap.post, err = db.writeSnapshot(ctx, f, stamping); err == nil {
-		err = f.Close()
-	}
-	if err != nil {
-		_ = os.Remove(f.Name())
-		return nil, err
-	}
-	return snap, nil
+	return s.sendSnapshot(ctx, st, db, plan.divergent, snapshotStamped)
 }
 
 // logSnapshot says why a replica at from is sent a snapshot, before it is
@@ -403,16 +363,6 @@ func logSnapshot(logger *slog.Logger, db *DB, plan sendPlan, from ltx.Pos) {
 		logger.Warn("replica's history differs from the primary's; sending a snapshot",
 			slog.String(LogKeyDB, db.Name()), slog.String("replica_pos", from.String()), slog.String("pos", plan.cur.String()))
 	}
-}
-
-// sendSnapshotFile sends a snapshot written by writeSnapshot and returns
-// the position sent.
-func (s *Server) sendSnapshotFile(st *streamWriter, db *DB, snap *snapshotFile, logger *slog.Logger) (ltx.Pos, error) {
-	if err := s.sendFile(st, snap.path, streamBegin{DB: db.Name(), Snapshot: true, Divergent: snap.plan.divergent}); err != nil {
-		return ltx.Pos{}, err
-	}
-	s.Store.Metrics.snapshotSent()
-	return ltx.Pos{TXID: snap.hdr.MaxTXID, Checksum: snap.post}, nil
 }
 
 // sendLog sends the LTX files of a plan and returns the position reached.
@@ -429,6 +379,81 @@ func (s *Server) sendLog(st *streamWriter, db *DB, files []ltx.FileInfo, from lt
 		from = ltx.Pos{TXID: f.MaxTXID, Checksum: post}
 	}
 	return from, nil
+}
+
+// sendSnapshot streams a snapshot of db: the database is copied at its
+// position (commits wait only for the copy), then the copy is encoded
+// straight into the stream as an LTX snapshot, with no file built first.
+// Its size is not known ahead (the pages are compressed), so it is marked
+// streamed: the end frame ends it, and the replica relies on the LTX
+// file's own checksums and trailer to know it is whole.
+func (s *Server) sendSnapshot(ctx context.Context, st *streamWriter, db *DB, divergent bool, stamping snapshotStamp) (ltx.Pos, error) {
+	f, err := os.CreateTemp(s.Store.TempDir(), "snapshot-*.db")
+	if err != nil {
+		return ltx.Pos{}, err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	hdr, post, err := db.CopySnapshot(ctx, f, stamping)
+	if err != nil {
+		return ltx.Pos{}, err
+	}
+	if err := st.json(frameBegin, streamBegin{DB: db.Name(), Snapshot: true, Divergent: divergent, Streamed: true}); err != nil {
+		return ltx.Pos{}, err
+	}
+	cw := newChunkWriter(st.w)
+	if err := EncodeSnapshot(ctx, f, hdr, post, cw); err != nil {
+		return ltx.Pos{}, err
+	}
+	if err := cw.flush(); err != nil {
+		return ltx.Pos{}, err
+	}
+	if err := writeFrame(st.w, frameEnd, nil); err != nil {
+		return ltx.Pos{}, err
+	}
+	s.Store.Metrics.snapshotSent()
+	return ltx.Pos{TXID: hdr.MaxTXID, Checksum: post}, nil
+}
+
+// chunkWriter cuts what is written to it into chunk frames of chunkSize,
+// each built in place (no copy of the payload to frame it).
+type chunkWriter struct {
+	w   io.Writer
+	buf []byte // the frame being filled: type and length, then the payload
+}
+
+const frameHeaderSize = 5
+
+func newChunkWriter(w io.Writer) *chunkWriter {
+	return &chunkWriter{w: w, buf: make([]byte, frameHeaderSize, frameHeaderSize+chunkSize+4)}
+}
+
+func (cw *chunkWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		k := min(len(p), frameHeaderSize+chunkSize-len(cw.buf))
+		cw.buf = append(cw.buf, p[:k]...)
+		p = p[k:]
+		if len(cw.buf) == frameHeaderSize+chunkSize {
+			if err := cw.flush(); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return n, nil
+}
+
+// flush sends the frame filled so far, as writeFrame would.
+func (cw *chunkWriter) flush() error {
+	if len(cw.buf) == frameHeaderSize {
+		return nil
+	}
+	cw.buf[0] = frameChunk
+	binary.BigEndian.PutUint32(cw.buf[1:], uint32(len(cw.buf)-frameHeaderSize))
+	b := binary.BigEndian.AppendUint32(cw.buf, crc32.Checksum(cw.buf, castagnoli))
+	_, err := cw.w.Write(b)
+	cw.buf = cw.buf[:frameHeaderSize]
+	return err
 }
 
 // sendFile sends the file at path as begin, chunks and end frames.

@@ -3,8 +3,11 @@ package tests
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
+	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -91,32 +94,200 @@ func BenchmarkReplicationLag(b *testing.B) {
 	}
 }
 
-// BenchmarkCatchUp builds a database of about 100 MB on the primary, then
-// starts a fresh replica and measures the time until it has it all.
-//
-//	go test ./tests -run '^$' -bench CatchUp -benchtime 1x
-func BenchmarkCatchUp(b *testing.B) {
-	p := benchNode(b, NodeConfig{Name: "primary"})
-	p.Start()
-	const rows = 25000 // about 4 KB each
-	mustSQLite3(b, p.Path("big.db"), fmt.Sprintf(`PRAGMA journal_mode=WAL; CREATE TABLE t (v BLOB);
-		WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < %d) INSERT INTO t SELECT randomblob(4000) FROM s;
-		PRAGMA wal_checkpoint(TRUNCATE);`, rows))
-	fi, err := os.Stat(p.Path("big.db"))
+// benchSizes returns the database sizes, in MB, that the large-database
+// benchmarks run with: 100 MB, or those LITEFS_BENCH_SIZES lists (for
+// example "100,500,1000"; the larger ones need disk and minutes).
+func benchSizes(b *testing.B) []int {
+	b.Helper()
+	env := os.Getenv("LITEFS_BENCH_SIZES")
+	if env == "" {
+		return []int{100}
+	}
+	var sizes []int
+	for _, f := range strings.Split(env, ",") {
+		mb, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || mb <= 0 {
+			b.Fatalf("LITEFS_BENCH_SIZES=%q: want sizes in MB, comma-separated", env)
+		}
+		sizes = append(sizes, mb)
+	}
+	return sizes
+}
+
+// bigDB fills db on the primary p with about mb MB of rows (4000 random
+// bytes each) in WAL mode, checkpointed, and returns the size of the
+// database file in bytes.
+func bigDB(b *testing.B, p *Node, db string, mb int) int64 {
+	b.Helper()
+	mustSQLite3(b, p.Path(db), `PRAGMA journal_mode=WAL; CREATE TABLE t (v BLOB);`)
+	// In transactions of about 100 MB, as an application loading data
+	// would write them.
+	for left := mb * 250; left > 0; left -= 25000 {
+		mustSQLite3(b, p.Path(db), fmt.Sprintf(`WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < %d)
+			INSERT INTO t SELECT randomblob(4000) FROM s; PRAGMA wal_checkpoint(TRUNCATE);`, min(left, 25000)))
+	}
+	fi, err := os.Stat(p.Path(db))
 	if err != nil {
 		b.Fatal(err)
 	}
-	want := p.Pos("big.db").TXID
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		r := benchNode(b, NodeConfig{Name: fmt.Sprintf("replica%d", i), Replica: true, PrimaryURL: p.URL()})
-		start := time.Now()
-		r.Start()
-		waitUntil(b, 5*time.Minute, "replica to catch up", func() bool { return replicaTXID(r, "big.db") >= want })
-		elapsed := time.Since(start)
-		b.ReportMetric(elapsed.Seconds(), "catchup-s")
-		b.ReportMetric(float64(fi.Size())/1e6/elapsed.Seconds(), "MB/s")
-		r.Stop()
+	return fi.Size()
+}
+
+// copySyncTime copies the file at src to a new file in dir and syncs it,
+// as cp and sync would: what the disk allows, the baseline for catch-up.
+func copySyncTime(b *testing.B, src, dir string) time.Duration {
+	b.Helper()
+	start := time.Now()
+	in, err := os.Open(src)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.CreateTemp(dir, "copy-*")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.Remove(out.Name())
+	defer out.Close()
+	if _, err := io.Copy(out, in); err != nil {
+		b.Fatal(err)
+	}
+	if err := out.Sync(); err != nil {
+		b.Fatal(err)
+	}
+	return time.Since(start)
+}
+
+// cpuTime returns the CPU time (user and system) n's process has used.
+func nodeCPU(b *testing.B, n *Node) time.Duration {
+	b.Helper()
+	n.mu.Lock()
+	pid := n.cmd.Process.Pid
+	n.mu.Unlock()
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Fields after the command name (which ends with ')'): utime and
+	// stime are the 12th and 13th, in clock ticks of 1/100 s.
+	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	ut, _ := strconv.Atoi(f[11])
+	st, _ := strconv.Atoi(f[12])
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// dataFile returns the path of a database file in n's data directory.
+func dataFile(n *Node, db string) string { return filepath.Join(n.DataDir, "dbs", db, "database") }
+
+// BenchmarkCatchUp builds a database on the primary (100 MB, more with
+// LITEFS_BENCH_SIZES), then starts a fresh replica and measures the time from
+// starting it until it has it all (catchup-s, and MB/s from it), of which
+// mount-s went to starting the process and mounting, and the CPU time
+// each node used meanwhile (the replica's from its start). Side by side in the
+// same run: copying the primary's database file and syncing the copy, as
+// cp and sync would (copy-s), and the ratio catchup-s / copy-s.
+//
+//	go test ./tests -run '^$' -bench CatchUp -benchtime 1x
+//	LITEFS_BENCH_SIZES=100,500,1000 go test ./tests -run '^$' -bench CatchUp -benchtime 1x -timeout 30m
+func BenchmarkCatchUp(b *testing.B) {
+	for _, mb := range benchSizes(b) {
+		b.Run(fmt.Sprintf("%dMB", mb), func(b *testing.B) {
+			p := benchNode(b, NodeConfig{Name: "primary"})
+			p.Start()
+			size := bigDB(b, p, "big.db", mb)
+			want := p.Pos("big.db").TXID
+			var copyT time.Duration
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				copyT += copySyncTime(b, dataFile(p, "big.db"), b.TempDir())
+				r := benchNode(b, NodeConfig{Name: fmt.Sprintf("replica%d", i), Replica: true, PrimaryURL: p.URL()})
+				b.StartTimer()
+				start, pcpu := time.Now(), nodeCPU(b, p)
+				r.Start()
+				mounted := time.Since(start)
+				waitUntil(b, 10*time.Minute, "replica to catch up", func() bool { return replicaTXID(r, "big.db") >= want })
+				elapsed := time.Since(start)
+				b.StopTimer()
+				b.ReportMetric((nodeCPU(b, p) - pcpu).Seconds(), "primary-cpu-s")
+				b.ReportMetric(nodeCPU(b, r).Seconds(), "replica-cpu-s")
+				b.ReportMetric(elapsed.Seconds(), "catchup-s")
+				b.ReportMetric(mounted.Seconds(), "mount-s")
+				b.ReportMetric(float64(size)/1e6/elapsed.Seconds(), "MB/s")
+				for _, line := range strings.Split(r.Logs(), "\n") {
+					if strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") {
+						b.Log(line) // a catch-up that had to start over says why
+					}
+				}
+				r.Stop()
+				b.StartTimer()
+			}
+			b.ReportMetric(copyT.Seconds()/float64(b.N), "copy-s")
+			b.ReportMetric(b.Elapsed().Seconds()/copyT.Seconds(), "x-copy")
+		})
+	}
+}
+
+// BenchmarkRestart restarts nodes holding a large database (100 MB, more
+// with LITEFS_BENCH_SIZES) and measures the time from starting the process
+// to the mount being served, which the node does only once every
+// database's position is verified: the primary, whose log ends with a
+// transaction, and a replica, whose log holds the snapshot it caught up
+// from; each after a clean stop (SIGTERM: the checksum table kept at close
+// spares reading the file) and after SIGKILL (the file is read in full).
+// Side by side: reading the database file once (read-s), what a full
+// check costs at least.
+//
+//	go test ./tests -run '^$' -bench Restart -benchtime 3x
+//	LITEFS_BENCH_SIZES=100,500,1000 go test ./tests -run '^$' -bench Restart -benchtime 1x -timeout 30m
+func BenchmarkRestart(b *testing.B) {
+	for _, mb := range benchSizes(b) {
+		b.Run(fmt.Sprintf("%dMB", mb), func(b *testing.B) {
+			p := benchNode(b, NodeConfig{Name: "primary"})
+			p.Start()
+			size := bigDB(b, p, "big.db", mb)
+			want := p.Pos("big.db")
+			r := benchNode(b, NodeConfig{Name: "replica1", Replica: true, PrimaryURL: p.URL()})
+			r.Start()
+			waitUntil(b, 10*time.Minute, "replica to catch up", func() bool { return replicaTXID(r, "big.db") >= want.TXID })
+			restart := func(n *Node, kill bool) time.Duration {
+				if kill {
+					n.Kill()
+				} else {
+					n.Stop()
+				}
+				start := time.Now()
+				n.Start()
+				d := time.Since(start)
+				if got := n.Pos("big.db"); got != want {
+					b.Fatalf("%s at %s after restart, want %s", n.Name, got, want)
+				}
+				return d
+			}
+			var t [4]time.Duration
+			var readT time.Duration
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				t[0] += restart(p, false)
+				t[1] += restart(p, true)
+				t[2] += restart(r, false)
+				t[3] += restart(r, true)
+				b.StopTimer()
+				start := time.Now()
+				if _, err := os.ReadFile(dataFile(p, "big.db")); err != nil {
+					b.Fatal(err)
+				}
+				readT += time.Since(start)
+				b.StartTimer()
+			}
+			b.StopTimer()
+			n := float64(b.N)
+			for i, name := range []string{"primary-s", "primary-killed-s", "replica-s", "replica-killed-s"} {
+				b.ReportMetric(t[i].Seconds()/n, name)
+			}
+			b.ReportMetric(readT.Seconds()/n, "read-s")
+			b.ReportMetric(float64(size)/1e6, "MB")
+		})
 	}
 }
 

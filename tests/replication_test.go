@@ -393,14 +393,20 @@ func TestReplication_Divergence(t *testing.T) {
 
 // faultProxy forwards TCP connections to a target; the first connection
 // that carries more than after bytes from the target is damaged there: one
-// byte flipped (corrupt) or the connection cut (truncate).
+// byte flipped (corrupt) or the connection cut (truncate), or, with stall
+// set, held there until stall is closed.
 type faultProxy struct {
 	ln      net.Listener
 	target  string
 	after   int64
 	corrupt bool
+	stall   chan struct{}
 	done    atomic.Bool // the fault was injected
-	wg      sync.WaitGroup
+	refuse  atomic.Bool // close new connections at once
+	// thenRefuse sets refuse once the fault is injected, so that the
+	// client's state after the fault can be looked at.
+	thenRefuse bool
+	wg         sync.WaitGroup
 }
 
 func startFaultProxy(t *testing.T, target string, after int64, corrupt bool) *faultProxy {
@@ -422,6 +428,10 @@ func (p *faultProxy) serve() {
 		in, err := p.ln.Accept()
 		if err != nil {
 			return
+		}
+		if p.refuse.Load() {
+			in.Close()
+			continue
 		}
 		p.wg.Add(1)
 		go func() {
@@ -452,13 +462,24 @@ func (p *faultProxy) copyFaulty(dst io.Writer, src io.Reader) {
 				if i < 0 {
 					i = 0
 				}
-				if !p.corrupt {
+				if p.thenRefuse {
+					p.refuse.Store(true)
+				}
+				if p.stall != nil {
+					dst.Write(b[:i])
+					p.done.Store(true)
+					<-p.stall
+					b = b[i:]
+					n += i
+					m -= int(i)
+				} else if !p.corrupt {
 					dst.Write(b[:i])
 					p.done.Store(true)
 					return // cut the stream mid-frame
+				} else {
+					b[i] ^= 0x5a
+					p.done.Store(true)
 				}
-				b[i] ^= 0x5a
-				p.done.Store(true)
 			}
 			if _, err := dst.Write(b); err != nil {
 				return
