@@ -158,7 +158,7 @@ func copySyncTime(b *testing.B, src, dir string) time.Duration {
 	return time.Since(start)
 }
 
-// cpuTime returns the CPU time (user and system) n's process has used.
+// nodeCPU returns the CPU time (user and system) n's process has used, from its start (threads that exited included).
 func nodeCPU(b *testing.B, n *Node) time.Duration {
 	b.Helper()
 	n.mu.Lock()
