@@ -122,7 +122,7 @@ func TestStore_OpenLarge(t *testing.T) {
 			if got := s.DB("app.db").Pos(); got != pos {
 				t.Fatalf("position %s, want %s", got, pos)
 			}
-			want := "applying the newest ltx file again"
+			want := "applying ltx files again"
 			if !strings.Contains(logs.String(), want) {
 				t.Errorf("no %q logged:\n%s", want, logs.String())
 			}

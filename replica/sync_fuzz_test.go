@@ -610,7 +610,10 @@ func (h *sfHarness) deliver(r, limit int) {
 		batch = nil
 	}
 	rd := bufio.NewReader(&buf)
-	var in *incoming
+	var (
+		in   *incoming
+		snap *snapshotReceiver // a streamed snapshot, applied as it arrives
+	)
 	files := 0
 	for i := 0; i < 1<<16 && (limit < 0 || files < limit); i++ {
 		typ, payload, err := readFrame(rd)
@@ -625,14 +628,30 @@ func (h *sfHarness) deliver(r, limit int) {
 			if err := json.Unmarshal(payload, &b); err != nil {
 				h.fatalf("%v", err)
 			}
-			if in, err = c.newIncoming(b); err != nil {
+			if b.Streamed {
+				flush()
+				snap = receiveSnapshot(b, rs.TempDir())
+			} else if in, err = c.newIncoming(b); err != nil {
 				h.fatalf("%v", err)
 			}
 		case frameChunk:
+			if snap != nil {
+				if err := snap.write(payload); err != nil {
+					h.fatalf("%v", err)
+				}
+				continue
+			}
 			if err := in.write(payload); err != nil {
 				h.fatalf("%v", err)
 			}
 		case frameEnd:
+			if snap != nil {
+				if err := c.applySnapshot(h.ctx, snap); err != nil {
+					h.fatalf("apply snapshot on node %d: %v", r, err)
+				}
+				snap, files = nil, files+1
+				continue
+			}
 			if err := in.finish(); err != nil {
 				h.fatalf("%v", err)
 			}
@@ -649,6 +668,9 @@ func (h *sfHarness) deliver(r, limit int) {
 	flush()
 	if in != nil {
 		in.discard()
+	}
+	if snap != nil {
+		snap.abort()
 	}
 }
 
