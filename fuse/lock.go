@@ -52,12 +52,19 @@ func (fs *FS) LockDB(ctx context.Context, name string) (unlock func() error, err
 // are free, which keeps such a connection out, and otherwise tries again
 // (by then the index may exist). Without this, a first reader on a
 // replica could read a transaction half applied ("database disk image is
-// malformed").
+// malformed"). A primary applies nothing under readers: it locks nothing
+// then, as its caller (an import) takes the database's locks itself.
 func (fs *FS) LockWAL(ctx context.Context, name string) (unlock func() error, err error) {
 	for {
 		unlock, err = lockRange(ctx, filepath.Join(fs.Path, name+"-shm"), walLockStart, walLockBytes)
 		if !errors.Is(err, os.ErrNotExist) {
 			return unlock, err
+		}
+		if fs.Store.IsPrimary() {
+			// Only a replica applies transactions under readers; on a
+			// primary the caller (an import) takes the database's
+			// locks next, and SQLite on the mount needs them free.
+			return func() error { return nil }, nil
 		}
 		if unlock, err = tryLockRange(filepath.Join(fs.Path, name), pendingByte, lockBytes); err == nil || !errors.Is(err, errLocked) {
 			return unlock, err
